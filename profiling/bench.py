@@ -1,0 +1,190 @@
+"""Benchmark: weaver-core 0.5.3's ParticleTransformer vs our fast inference path, same weights, same jets.
+
+``python -m profiling.bench [--input 'DIR/*.root'] [--data-config ...] [--batch-size 256] [--threads 2]
+[--dtype fp32|bf16] [--device cpu|cuda] [--weights STATE.pt]``
+
+Both models see the same batches of real generated jets (weaver's own preprocessing), in alternating timed passes.
+Prints jets/s of both, the ratio, the max |difference| of the softmax outputs and the argmax agreement. This is a
+benchmark script, not a test: the numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from weaver.nn.model.ParticleTransformer import ParticleTransformer as WeaverParT
+
+from profiling.loading import check_device, expand_input_files, load_real_jets
+from weaver_ext.checkpoint import check_state_dict, read_state_dict
+from weaver_ext.fast_inference import FastInferenceConfig, FastParT
+from weaver_ext.part import ParTConfig, ParticleTransformer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    files: tuple[str, ...]
+    data_config: str
+    batch_size: int = 256
+    num_batches: int = 4
+    repeats: int = 5
+    threads: int = 2
+    device: str = "cpu"
+    dtype: str = "fp32"
+    bucket_size: int = 32
+    weights: str | None = None
+    seed: int = 0
+
+
+def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.device):
+    """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and ours with the same weights."""
+    torch.manual_seed(cfg.seed)
+    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=1)
+    if cfg.weights:
+        state = read_state_dict(cfg.weights)
+        state = {k.removeprefix("mod."): v for k, v in state.items()}
+        check_state_dict(reference, state, source=cfg.weights)
+        reference.load_state_dict(state)
+    ours = ParticleTransformer(ParTConfig(input_dim=input_dim, num_classes=num_classes))
+    ours.load_state_dict(reference.state_dict())
+    fast = FastParT(ours.to(device).eval(), FastInferenceConfig(bucket_size=cfg.bucket_size, dtype=cfg.dtype))
+    return reference.to(device).eval(), fast
+
+
+def _timed(fn, batches) -> tuple[float, list[torch.Tensor]]:
+    outputs = []
+    start = time.perf_counter()
+    for batch in batches:
+        outputs.append(fn(*batch))
+    if batches[0][0].is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, outputs
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Alternate timed passes of both models over the same batches; return speeds, ratio and output agreement."""
+    device = check_device(cfg.device)
+    torch.set_num_threads(cfg.threads)
+    jets = load_real_jets(cfg.files, cfg.data_config, max_jets=cfg.batch_size * cfg.num_batches)
+    n_jets = len(jets.labels)
+    order = torch.randperm(n_jets, generator=torch.Generator().manual_seed(cfg.seed))  # mix classes in each batch
+    names = ("pf_features", "pf_vectors", "pf_mask")
+    batches = [
+        tuple(jets.inputs[k][idx].to(device) for k in names) for idx in order.split(cfg.batch_size)
+        if len(idx) == cfg.batch_size
+    ]
+    if not batches:
+        raise ValueError(f"need at least {cfg.batch_size} jets, the input has {n_jets}")
+    reference, fast = _models(cfg, jets.inputs["pf_features"].shape[1], len(jets.label_names), device)
+
+    def run_reference(x, v, m):
+        return torch.softmax(reference(x, v, m).float(), dim=1)
+
+    def run_fast(x, v, m):
+        return torch.softmax(fast(x, v, m), dim=1)
+
+    with torch.inference_mode():
+        for _ in range(6):  # weaver's SequenceTrimmer only trims after 5 calls
+            run_reference(*batches[0])
+        run_fast(*batches[0])
+        ref_times, fast_times = [], []
+        for _ in range(cfg.repeats):
+            t_ref, ref_out = _timed(run_reference, batches)
+            t_fast, fast_out = _timed(run_fast, batches)
+            ref_times.append(t_ref)
+            fast_times.append(t_fast)
+    n = cfg.batch_size * len(batches)
+    ref_out, fast_out = torch.cat(ref_out), torch.cat(fast_out)
+    lengths = torch.cat([b[2].sum(dim=(1, 2)) for b in batches]).float()
+    result = {
+        "config": asdict(cfg),
+        "device": _device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "jets": n,
+        "multiplicity_mean": float(lengths.mean()),
+        "multiplicity_max": float(lengths.max()),
+        "weaver_jets_per_s": n / statistics.median(ref_times),
+        "ours_jets_per_s": n / statistics.median(fast_times),
+        "weaver_times_s": ref_times,
+        "ours_times_s": fast_times,
+        "max_abs_diff_softmax": float((fast_out - ref_out).abs().max()),
+        "argmax_agreement": float((fast_out.argmax(1) == ref_out.argmax(1)).float().mean()),
+        "mean_max_softmax": float(ref_out.max(1).values.mean()),
+    }
+    result["ratio"] = result["ours_jets_per_s"] / result["weaver_jets_per_s"]
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def format_result(r: dict) -> str:
+    c = r["config"]
+    return "\n".join([
+        f"device: {r['device']} ({r['cpu_capability']}), threads={c['threads']}, batch={c['batch_size']}, "
+        f"dtype={c['dtype']}, jets={r['jets']} (multiplicity mean {r['multiplicity_mean']:.1f}, "
+        f"max {r['multiplicity_max']:.0f})",
+        f"weaver-core ParT fp32 : {r['weaver_jets_per_s']:8.1f} jets/s",
+        f"weaver_ext fast {c['dtype']:5s}: {r['ours_jets_per_s']:8.1f} jets/s",
+        f"ratio                 : {r['ratio']:8.2f}",
+        f"max |d softmax|       : {r['max_abs_diff_softmax']:.2e}   argmax agreement: {r['argmax_agreement']:.4f}"
+        f"   (mean max-softmax of the reference {r['mean_max_softmax']:.3f})",
+    ])
+
+
+def _default_files(seed: int) -> list[str]:
+    """A fresh sample of generated jets (all ten classes) when no --input is given."""
+    from data.generate import generate_dataset
+
+    out = Path(tempfile.mkdtemp(prefix="weaverlab_bench_"))
+    files = generate_dataset(classes="all", jets_per_class=110, out_dir=out, seed=seed, workers=2)
+    return [str(f) for f in files]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="*", help="ROOT file globs; default: generate 1100 jets now")
+    p.add_argument("--data-config", default=str(REPO_ROOT / "data/JetClass/JetClass_full.yaml"))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-batches", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--bucket-size", type=int, default=32)
+    p.add_argument("--weights", help="state_dict of weaver-core's ParticleTransformer (a 'mod.' prefix is removed)")
+    p.add_argument("--out", help="write the result as JSON here")
+    args = p.parse_args(argv)
+    files = expand_input_files(args.input) if args.input else _default_files(seed=11)
+    cfg = BenchConfig(
+        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size, num_batches=args.num_batches,
+        repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
+        bucket_size=args.bucket_size, weights=args.weights,
+    )
+    result = run_bench(cfg)
+    print(format_result(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
