@@ -35,7 +35,7 @@ python -m profiling.metrics "$OUT/part/pred.root" --out "$OUT/part/metrics.json"
 
 echo "== 5/5 Profiling the trained model against random weights"
 python -m profiling.forward --network-config networks/part.py --data-config data/JetClass/JetClass_kin.yaml \
-    --weights "$OUT/part/net_best_epoch_state.pt" --compare-random --input "$OUT/data/test/*.root" \
+    --weights "$OUT/part/net_best_epoch_state.pt" --input "$OUT/data/test/*.root" \
     --device cpu --batch-sizes 1,64 --out "$OUT/profile" "${NET_OPTS[@]}"
 
 echo

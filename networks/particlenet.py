@@ -1,0 +1,87 @@
+"""ParticleNet network config for weaver (JetClass layout), loadable with the published JetClass checkpoints.
+
+Usage: ``weaver --network-config networks/particlenet.py -o conv_params "[(16,(64,64,64))]" ...``. The module tree
+(``mod.`` prefix around weaver-core's ``ParticleNet``) matches the published ``ParticleNet_{kin,kinpid,full}.pt``
+state_dicts so that they load with strict key matching.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from weaver.nn.model.ParticleNet import ParticleNet
+
+# published JetClass ParticleNet (particle_transformer repository): three EdgeConv blocks, no fusion block
+JETCLASS_CONV_PARAMS = [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))]
+JETCLASS_FC_PARAMS = [(256, 0.1)]
+
+
+@dataclass
+class ParticleNetOptions:
+    """Every ``-o`` option of this network config, with the published JetClass values as defaults."""
+
+    conv_params: list = field(default_factory=lambda: list(JETCLASS_CONV_PARAMS))
+    fc_params: list = field(default_factory=lambda: list(JETCLASS_FC_PARAMS))
+    use_fusion: bool = False
+    use_fts_bn: bool = True
+    use_counts: bool = True
+    trim: bool = True
+    # injected by weaver itself (--export-onnx / --use-amp / --compile)
+    for_inference: bool = False
+    use_amp: bool = False
+    compile_model: bool = False
+
+
+def parse_options(options: dict[str, Any]) -> ParticleNetOptions:
+    """Turn weaver's ``-o`` kwargs into a typed config; an unknown key is a one-line error listing valid ones."""
+    valid = [f.name for f in dataclasses.fields(ParticleNetOptions)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown ParticleNet option(s) {unknown}; valid options: {', '.join(valid)}")
+    return ParticleNetOptions(**options)
+
+
+class ParticleNetWrapper(torch.nn.Module):
+    """Adapts weaver's inputs (points, features, lorentz_vectors, mask) to ``ParticleNet(points, fts, mask)``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.mod = ParticleNet(**kwargs)
+
+    def forward(
+        self, points: torch.Tensor, features: torch.Tensor, lorentz_vectors: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.mod(points, features, mask)
+
+
+def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build ParticleNet for weaver: returns ``(model, model_info)`` with dynamic batch and particle axes."""
+    opts = parse_options(kwargs)
+    model = ParticleNetWrapper(
+        input_dims=len(data_config.input_dicts["pf_features"]),
+        num_classes=len(data_config.label_value),
+        conv_params=[(int(k), tuple(int(c) for c in ch)) for k, ch in opts.conv_params],
+        fc_params=[(int(c), float(d)) for c, d in opts.fc_params],
+        use_fusion=opts.use_fusion,
+        use_fts_bn=opts.use_fts_bn,
+        use_counts=opts.use_counts,
+        trim=opts.trim,
+        for_inference=opts.for_inference,
+        use_amp=opts.use_amp,
+        compile_model=opts.compile_model,
+    )
+    input_names = list(data_config.input_names)
+    model_info = {
+        "input_names": input_names,
+        "input_shapes": {k: ((1,) + tuple(s[1:])) for k, s in data_config.input_shapes.items()},
+        "output_names": ["softmax"],
+        "dynamic_axes": {**{k: {0: "N", 2: "n_" + k.split("_")[0]} for k in input_names}, "softmax": {0: "N"}},
+    }
+    return model, model_info
+
+
+def get_loss(data_config: Any, **kwargs: Any) -> torch.nn.Module:
+    """Cross-entropy over the JetClass labels (options are validated like in ``get_model``)."""
+    parse_options(kwargs)
+    return torch.nn.CrossEntropyLoss()

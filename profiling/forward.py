@@ -1,0 +1,335 @@
+"""Profile the forward pass of any weaver network config: latency, throughput, ops, memory, FLOPs, subnormals.
+
+Example::
+
+    python -m profiling.forward --network-config networks/part.py --data-config data/JetClass/JetClass_kin.yaml \\
+        --random --device cpu --batch-sizes 1,64 --input 'jets/*.root' --out runs/part
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from profiling import flops as flops_mod
+from profiling import loading, measure, report
+
+
+@dataclass(kw_only=True)
+class ProfileConfig:
+    """Everything one profiling run needs (the CLI maps 1:1 onto it)."""
+
+    network_config: str
+    data_config: str
+    weights: str | None = None  # None = random init (``--random``)
+    compare_weights: str | None = None  # B side of trained-vs-other; default: a fresh random init
+    device: str = "cpu"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64, 512])
+    profile_batch: int | None = None  # batch for profiler/FLOPs/multiplicity sweeps (default: closest to 64)
+    input_glob: list[str] | None = None
+    synthetic: bool = False
+    synthetic_multiplicity: tuple[int, int] = (20, 80)
+    multiplicities: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    out_dir: str = "profile_out"
+    options: dict[str, Any] = field(default_factory=dict)
+    threads: int = 2
+    min_run_time: float = 1.0
+    ab_rounds: int = 8
+    ftz_rounds: int = 3
+    always_ftz: bool = False  # single-model runs: measure flush-denormal even without subnormal values
+    for_inference: bool = False  # False: as weaver --predict builds it (trimming); True: as for ONNX export
+    max_jets: int = 2048
+    seed: int = 0
+    quiet: bool = False
+
+
+def _pick_profile_batch(cfg: ProfileConfig) -> int:
+    if cfg.profile_batch is not None:
+        return cfg.profile_batch
+    return min(cfg.batch_sizes, key=lambda b: (abs(math.log(b / 64)), b))
+
+
+def _input_pool(cfg: ProfileConfig, data_config: Any, size: int) -> tuple[dict[str, torch.Tensor], str]:
+    """Real jets (weaver's dataset) or synthetic ones; returns the pool and a description."""
+    if cfg.synthetic == bool(cfg.input_glob):
+        raise ValueError("give exactly one of --input ROOT_GLOB or --synthetic")
+    if cfg.synthetic:
+        pool = loading.synthetic_inputs(
+            data_config, batch_size=size, multiplicity=tuple(cfg.synthetic_multiplicity), seed=cfg.seed
+        )
+        lo, hi = cfg.synthetic_multiplicity
+        return pool, f"synthetic jets, {lo}-{hi} particles"
+    files = loading.expand_input_files(cfg.input_glob)
+    pool = loading.load_real_inputs(files, cfg.data_config, max_jets=min(size, cfg.max_jets))
+    return pool, f"{next(iter(pool.values())).shape[0]} real jets from {len(files)} file(s)"
+
+
+def _to(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return [t.to(device) for t in batch]
+
+
+def prediction_summary(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Confidence of the outputs: mean max-probability and mean entropy (softmax applied if outputs are logits)."""
+    with torch.inference_mode():
+        out = model(*inputs)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    out = out.float()
+    if out.ndim != 2:
+        return {}
+    probs = out if torch.allclose(out.sum(dim=1), torch.ones(out.shape[0], device=out.device), atol=1e-3) and (
+        out.min() >= 0) else torch.softmax(out, dim=1)
+    ent = -(probs.clamp_min(1e-12).log() * probs).sum(dim=1)
+    return {
+        "num_classes": int(probs.shape[1]),
+        "mean_max_prob": float(probs.max(dim=1).values.mean()),
+        "mean_entropy": float(ent.mean()),
+        "uniform_entropy": math.log(probs.shape[1]),
+        "predicted_class_counts": torch.bincount(probs.argmax(dim=1), minlength=probs.shape[1]).tolist(),
+    }
+
+
+def forward_alloc_mb(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """Bytes allocated by one forward (sum of positive self allocations seen by the profiler), in MiB."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof, torch.inference_mode():
+        model(*inputs)
+    return sum(max(e.self_cpu_memory_usage, 0) for e in prof.key_averages()) / 2**20
+
+
+def compare_models(
+    cfg: ProfileConfig, a: loading.LoadedModel, b: loading.LoadedModel, inputs: Sequence[torch.Tensor],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Same architecture, same inputs: interleaved latency, FLOPs, memory, subnormals and outputs of A vs B."""
+    loading.warm_up(b.model, inputs, device=device)
+    samples = measure.interleaved_latency(
+        {"A": a.model, "B": b.model}, inputs, rounds=cfg.ab_rounds, num_threads=cfg.threads
+    )
+    ratio, lo, hi = measure.bootstrap_ci(samples["A"], samples["B"])
+    side: dict[str, Any] = {}
+    for key, lm in (("A", a), ("B", b)):
+        entry: dict[str, Any] = {
+            "weights": lm.weights,
+            "latency": measure.summarize_samples(samples[key]),
+            "flops_per_jet": flops_mod.count_flops(lm.model, inputs).matmul_flops / inputs[0].shape[0],
+            "subnormal_weights": measure.subnormal_weights(lm.model),
+            "subnormal_activations": measure.subnormal_activations(lm.model, inputs),
+            "predictions": prediction_summary(lm.model, inputs),
+        }
+        if device.type == "cuda":
+            entry["memory_mb"] = measure.cuda_memory(lm.model, inputs, device=device, snapshot_path=None)[
+                "max_allocated_mb"]
+        else:
+            entry["memory_mb"] = forward_alloc_mb(lm.model, inputs)
+            entry["flush_denormal"] = measure.flush_denormal_effect(
+                lm.model, inputs, rounds=cfg.ftz_rounds, num_threads=cfg.threads)
+        side[key] = entry
+    return {
+        "batch_size": int(inputs[0].shape[0]),
+        "rounds": cfg.ab_rounds,
+        "samples": samples,
+        "latency_ratio_B_over_A": ratio,
+        "latency_ratio_ci95": [lo, hi],
+        "A": side["A"],
+        "B": side["B"],
+    }
+
+
+def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
+    """Load, warm up, time, profile, count and compare; writes the report directory and returns the results."""
+    t_start = time.perf_counter()
+    device = loading.check_device(cfg.device)
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise ValueError(f"--batch-sizes must be positive integers, got {cfg.batch_sizes}")
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_config = loading.load_data_config(cfg.data_config)
+    a = loading.load_model(cfg.network_config, data_config, weights=cfg.weights, options=cfg.options,
+                           device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed)
+    names = a.input_names
+    pbatch = _pick_profile_batch(cfg)
+    pool, pool_desc = _input_pool(cfg, data_config, max(max(cfg.batch_sizes), pbatch))
+    mask_name = loading.mask_input_name(names)
+    steps = ["latency", "profiler", "flops", "multiplicity", "subnormals"] + (
+        ["compare"] if cfg.weights or cfg.compare_weights else [])
+    bar = tqdm(total=len(steps), desc="profiling", disable=cfg.quiet, file=sys.stderr)
+    phases: dict[str, float] = {"load": time.perf_counter() - t_start}
+    t_phase = time.perf_counter()
+
+    def done(phase: str) -> None:
+        nonlocal t_phase
+        now = time.perf_counter()
+        phases[phase] = now - t_phase
+        t_phase = now
+        bar.update()
+
+    results: dict[str, Any] = {
+        "config": {**asdict(cfg), "profile_batch": pbatch},
+        "model": {
+            "network_config": cfg.network_config,
+            "model_class": type(a.model).__name__,
+            "weights": a.weights,
+            "params": loading.count_parameters(a.model),
+            "trainable_params": int(sum(p.numel() for p in a.model.parameters() if p.requires_grad)),
+            "input_names": names,
+            "input_shapes": {k: list(pool[k].shape[1:]) for k in names},
+        },
+        "environment": {
+            "torch": torch.__version__, "device": str(device), "threads": cfg.threads,
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        },
+        "inputs": {"source": pool_desc, "multiplicity": loading.real_multiplicity(pool, mask_name)},
+    }
+
+    # latency / throughput vs batch size
+    latencies = []
+    for bs in cfg.batch_sizes:
+        batch = _to(loading.take_batch(pool, names, bs), device)
+        loading.warm_up(a.model, batch, device=device)
+        latencies.append(measure.time_forward(a.model, batch, num_threads=cfg.threads,
+                                              min_run_time=cfg.min_run_time).to_dict())
+    results["latency_vs_batch"] = latencies
+    done("latency")
+
+    pinputs = _to(loading.take_batch(pool, names, pbatch), device)
+    loading.warm_up(a.model, pinputs, device=device, calls=0 if pbatch in cfg.batch_sizes else 2)
+    results["profiler"] = measure.profile_ops(a.model, pinputs, device=device, trace_path=out / "trace.json")
+    mem: dict[str, Any] = {"cpu_peak_rss_mb": measure.peak_rss_mb(),
+                           "cpu_alloc_mb_per_forward": results["profiler"]["cpu_alloc_mb_per_step"]}
+    if device.type == "cuda":
+        mem["cuda"] = measure.cuda_memory(a.model, pinputs, device=device, snapshot_path=out / "cuda_memory.pickle")
+    results["memory"] = mem
+    done("profiler")
+
+    fl = flops_mod.all_counts(a.model, pinputs)
+    results["flops"] = fl
+    results["predictions"] = prediction_summary(a.model, pinputs)
+    done("flops")
+
+    # latency and FLOPs vs particle multiplicity: synthetic jets of n particles, inputs padded to n (no empty
+    # slots), i.e. what an exported model costs when fed batches trimmed to n particles
+    max_len = next(iter(pool.values())).shape[-1]
+    sweep = []
+    for n in [m for m in cfg.multiplicities if m <= max_len]:
+        syn = loading.synthetic_inputs(data_config, batch_size=pbatch, multiplicity=n, seed=cfg.seed + n, length=n)
+        batch = _to([syn[k] for k in names], device)
+        n_flops = flops_mod.count_flops(a.model, batch).matmul_flops / pbatch  # doubles as the new-shape warm-up
+        lat = measure.time_forward(a.model, batch, num_threads=cfg.threads, min_run_time=cfg.min_run_time / 2,
+                                   min_runs=3)
+        sweep.append({"multiplicity": n, **lat.to_dict(), "flops_per_jet": n_flops})
+    results["latency_vs_multiplicity"] = sweep
+    done("multiplicity")
+
+    results["subnormals"] = {"weights": measure.subnormal_weights(a.model),
+                             "activations": measure.subnormal_activations(a.model, pinputs)}
+    n_sub = results["subnormals"]["weights"]["subnormal"] + results["subnormals"]["activations"]["subnormal"]
+    if device.type == "cpu" and not (cfg.weights or cfg.compare_weights):
+        # single-model run: only worth the extra calls when there is something to flush (A/B runs always measure)
+        results["subnormals"]["flush_denormal"] = measure.flush_denormal_effect(
+            a.model, pinputs, rounds=cfg.ftz_rounds, num_threads=cfg.threads) if (n_sub or cfg.always_ftz) else {
+            "supported": None, "skipped": "no subnormal values in weights or activations (use --ftz to measure)"}
+    done("subnormals")
+
+    if cfg.weights or cfg.compare_weights:
+        b = loading.load_model(cfg.network_config, data_config, weights=cfg.compare_weights, options=cfg.options,
+                               device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed + 1)
+        results["compare"] = compare_models(cfg, a, b, pinputs, device)  # A = --weights/random, B = other
+        done("compare")
+    bar.close()
+    results["memory"]["cpu_peak_rss_mb"] = measure.peak_rss_mb()
+    results["wall_time_s"] = time.perf_counter() - t_start
+    results["phase_times_s"] = phases
+    report.write_report(results, out)
+    return results
+
+
+def _parse_batch_sizes(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--batch-sizes must be comma-separated integers, got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise ValueError(f"--batch-sizes must be positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI (kept thin: everything maps onto ``ProfileConfig``)."""
+    p = argparse.ArgumentParser(prog="python -m profiling.forward", description=__doc__.splitlines()[0])
+    p.add_argument("--network-config", required=True)
+    p.add_argument("--data-config", required=True)
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", help="state_dict to load (weights_only, strict)")
+    w.add_argument("--random", action="store_true", help="keep the random initialisation (default)")
+    p.add_argument("--compare-weights", help="B side of the A/B comparison (default with --weights: random init)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", default="1,64,512")
+    p.add_argument("--profile-batch", type=int, default=None)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", nargs="+", help="ROOT file glob(s) read with weaver's dataset")
+    src.add_argument("--synthetic", action="store_true", help="random-but-physical jets")
+    p.add_argument("--multiplicity", default="20,80", help="synthetic particle multiplicity range LO,HI")
+    p.add_argument("--multiplicities", default="16,32,64,128", help="particle counts for the latency sweep")
+    p.add_argument("--out", default="profile_out")
+    p.add_argument("-o", "--network-option", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per latency measurement")
+    p.add_argument("--ab-rounds", type=int, default=8)
+    p.add_argument("--ftz", action="store_true",
+                   help="always time torch.set_flush_denormal(True) vs off (default: only when subnormals exist)")
+    p.add_argument("--for-export", action="store_true",
+                   help="build the model as weaver --export-onnx does (for_inference=True: no trimming, all slots) "
+                        "instead of as weaver --predict does (default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ProfileConfig:
+    """Validate CLI values and build a ``ProfileConfig``."""
+    lo_hi = _parse_batch_sizes(args.multiplicity)
+    if len(lo_hi) == 1:
+        lo_hi = lo_hi * 2
+    if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+        raise ValueError(f"--multiplicity must be LO,HI with LO <= HI, got {args.multiplicity!r}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    return ProfileConfig(
+        network_config=args.network_config, data_config=args.data_config, weights=args.weights,
+        compare_weights=args.compare_weights, device=args.device, batch_sizes=_parse_batch_sizes(args.batch_sizes),
+        profile_batch=args.profile_batch, input_glob=args.input, synthetic=args.synthetic,
+        synthetic_multiplicity=(lo_hi[0], lo_hi[1]), multiplicities=_parse_batch_sizes(args.multiplicities),
+        out_dir=args.out, options=loading.parse_network_options(args.network_option), threads=args.threads,
+        min_run_time=args.min_run_time, ab_rounds=args.ab_rounds, always_ftz=args.ftz,
+        for_inference=args.for_export,
+        seed=args.seed, quiet=args.quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: one-line errors for bad input, a terminal summary on success."""
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        results = run_profile(cfg)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.terminal_summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

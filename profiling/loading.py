@@ -1,0 +1,320 @@
+"""Load a weaver network config, its weights and its inputs exactly the way the ``weaver`` CLI does.
+
+The model comes from ``import_module(network_config)`` + ``get_model(data_config, **options)``; real inputs come
+from weaver's own ``SimpleIterDataset`` preprocessing of ROOT files; synthetic inputs are random but physical jets
+pushed through the same standardisation / padding rules of the data config.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from weaver_ext.checkpoint import load_checkpoint
+
+# ParT's SequenceTrimmer is inactive during its first 5 forward calls: always warm up past that
+MIN_WARMUP_CALLS = 6
+CUDA_WARMUP_CALLS = 20
+
+
+@dataclass
+class LoadedModel:
+    """A ready-to-run model with the metadata the report needs."""
+
+    model: torch.nn.Module
+    model_info: dict[str, Any]
+    input_names: list[str]
+    weights: str  # path of the loaded state_dict, or "random"
+    options: dict[str, Any]
+
+
+def parse_network_options(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Parse ``-o KEY VALUE`` pairs with ``ast.literal_eval`` exactly like weaver's ``model_setup``."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ValueError(f"-o expects KEY VALUE, got {list(pair)}")
+        key, value = pair
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(
+                f"-o {key} {value!r}: not a Python literal (strings need inner quotes, e.g. \"'sdpa'\")"
+            ) from exc
+    return options
+
+
+def load_data_config(path: str | Path) -> Any:
+    """Load a weaver YAML data config the way weaver does for inference/export."""
+    from weaver.utils.dataset import DataConfig
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data config not found: {path}")
+    return DataConfig.load(str(path), load_observers=False, load_reweight_info=False)
+
+
+def build_model(
+    network_config: str | Path, data_config: Any, *, options: dict[str, Any] | None = None, for_inference: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Import the network config by path (as weaver does) and call ``get_model(data_config, **options)``."""
+    from weaver.utils.import_tools import import_module
+
+    if not Path(network_config).is_file():
+        raise FileNotFoundError(f"network config not found: {network_config}")
+    module = import_module(str(network_config), name="_network_module")
+    if not hasattr(module, "get_model"):
+        raise ValueError(f"{network_config} has no get_model(data_config, **kwargs)")
+    opts = dict(options or {})
+    if for_inference:
+        opts["for_inference"] = True
+    model, model_info = module.get_model(data_config, **opts)
+    return model, model_info
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a state_dict (``weights_only=True``) strictly after validating keys and shapes."""
+    load_checkpoint(model, path)
+
+
+def load_model(
+    network_config: str | Path,
+    data_config: Any,
+    *,
+    weights: str | Path | None,
+    options: dict[str, Any] | None = None,
+    device: str = "cpu",
+    for_inference: bool = True,
+    seed: int = 0,
+) -> LoadedModel:
+    """Build the model, load weights (or keep the random init), move to ``device`` and switch to ``eval()``."""
+    torch.manual_seed(seed)
+    model, model_info = build_model(network_config, data_config, options=options, for_inference=for_inference)
+    if weights is not None:
+        load_weights(model, weights)
+    model = model.to(device).eval()
+    names = list(model_info.get("input_names", data_config.input_names))
+    return LoadedModel(model, model_info, names, str(weights) if weights else "random", dict(options or {}))
+
+
+def check_device(device: str) -> torch.device:
+    """Validate ``--device``: a clear error when CUDA is requested on a machine without a visible GPU."""
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} requested but torch.cuda.is_available() is False (no visible GPU)")
+    return torch.device(device)
+
+
+_WARMED: weakref.WeakSet = weakref.WeakSet()
+
+
+def warm_up(model: torch.nn.Module, inputs: Sequence[torch.Tensor], *, device: torch.device, calls: int = 2) -> int:
+    """Run forward calls until lazy paths are settled: >= 6 the first time a model is seen (ParT's trimmer is idle
+    for 5 calls), more on CUDA (allocator, cuDNN autotune); ``calls`` (default 2) for a later new input shape."""
+    first = model not in _WARMED
+    n = max(calls, MIN_WARMUP_CALLS if first else 0, CUDA_WARMUP_CALLS if device.type == "cuda" and first else 0)
+    with torch.inference_mode():
+        for _ in range(n):
+            model(*inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    _WARMED.add(model)
+    return n
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# real inputs through weaver's own dataset
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def expand_input_files(pattern: str | Sequence[str]) -> list[str]:
+    """Expand one glob (or several) into a sorted file list; an empty match is an error."""
+    patterns = [pattern] if isinstance(pattern, (str, Path)) else list(pattern)
+    files = sorted({f for p in patterns for f in glob.glob(str(p))})
+    if not files:
+        raise FileNotFoundError(f"--input matched no files: {patterns}")
+    return files
+
+
+@dataclass
+class RealJets:
+    """Preprocessed inputs (as weaver feeds them) and the integer truth label of every jet."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: np.ndarray
+    label_names: list[str]
+
+
+def load_real_jets(files: Sequence[str | Path], data_config_path: str | Path, *, max_jets: int = 4096) -> RealJets:
+    """Read and preprocess jets with weaver's ``SimpleIterDataset`` (test mode, files in order, no shuffling)."""
+    from weaver.utils.dataset import SimpleIterDataset
+
+    dataset = SimpleIterDataset(
+        {"profile": [str(f) for f in files]},
+        str(data_config_path),
+        for_training=False,
+        load_range_and_fraction=((0, 1), 1, 1),
+        fetch_by_files=True,
+        fetch_step=len(files),
+        async_load=False,
+        name="profile",
+    )
+    cfg = dataset.config
+    names = list(cfg.input_names)
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    labels: list[int] = []
+    for X, y, _z in dataset:
+        for k in names:
+            chunks[k].append(np.asarray(X[k]))
+        labels.append(int(y[cfg.label_names[0]]) if cfg.label_names else -1)
+        if len(labels) >= max_jets:
+            break
+    if not labels:
+        raise RuntimeError(f"no jets read from {list(files)}")
+    label_names = list(cfg.label_value) if isinstance(cfg.label_value, list) else []
+    return RealJets({k: torch.from_numpy(np.stack(v)).float() for k, v in chunks.items()}, np.array(labels),
+                    label_names)
+
+
+def load_real_inputs(
+    files: Sequence[str | Path], data_config_path: str | Path, *, max_jets: int = 4096
+) -> dict[str, torch.Tensor]:
+    """Stacked input tensors of up to ``max_jets`` jets, preprocessed exactly as weaver does."""
+    return load_real_jets(files, data_config_path, max_jets=max_jets).inputs
+
+
+def take_batch(pool: dict[str, torch.Tensor], names: Sequence[str], batch_size: int) -> list[torch.Tensor]:
+    """Take ``batch_size`` jets from a pool, cycling through it when the pool is smaller than the batch."""
+    n = next(iter(pool.values())).shape[0]
+    idx = torch.arange(batch_size) % n
+    return [pool[k][idx].contiguous() for k in names]
+
+
+def real_multiplicity(pool: dict[str, torch.Tensor], mask_name: str | None) -> dict[str, float]:
+    """Particle-multiplicity summary of a real input pool (from the mask input)."""
+    if mask_name is None or mask_name not in pool:
+        return {}
+    counts = pool[mask_name].reshape(pool[mask_name].shape[0], -1).sum(dim=1).float()
+    return {"mean": float(counts.mean()), "median": float(counts.median()), "max": float(counts.max())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# synthetic inputs: random but physical jets through the data config's preprocessing rules
+# ----------------------------------------------------------------------------------------------------------------
+
+_PDG_CHARGED = (211, -211, 321, -321, 2212, -2212, 11, -11, 13, -13)
+
+
+def _synthetic_particles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Raw per-particle JetClass-like variables for one massless-particle jet with ``n`` constituents."""
+    jet_pt = rng.uniform(500.0, 1000.0)
+    jet_eta = rng.uniform(-2.0, 2.0)
+    frac = rng.dirichlet(np.full(n, 0.6))
+    pt = np.sort(frac)[::-1] * jet_pt
+    deta = rng.normal(0.0, 0.15, n)
+    dphi = rng.normal(0.0, 0.15, n)
+    eta = jet_eta + deta
+    px, py = pt * np.cos(dphi), pt * np.sin(dphi)
+    pz = pt * np.sinh(eta)
+    energy = pt * np.cosh(eta)
+    jet_e = energy.sum()
+    kind = rng.choice(5, size=n, p=[0.55, 0.1, 0.3, 0.03, 0.02])  # ch. hadron, neutral hadron, photon, e, mu
+    charged = (kind == 0) | (kind >= 3)
+    charge = np.where(charged, rng.choice([-1.0, 1.0], size=n), 0.0)
+    d0 = np.where(charged, rng.normal(0, 0.05, n), 0.0)
+    dz = np.where(charged, rng.normal(0, 0.05, n), 0.0)
+    ptot = np.sqrt(jet_pt**2 + (jet_pt * np.sinh(jet_eta)) ** 2)
+    raw = {
+        "part_px": px, "part_py": py, "part_pz": pz, "part_energy": energy,
+        "part_deta": deta, "part_dphi": dphi, "part_eta": eta, "part_phi": dphi,
+        "part_pt": pt, "part_pt_log": np.log(pt), "part_e_log": np.log(energy),
+        "part_logptrel": np.log(pt / jet_pt), "part_logerel": np.log(energy / jet_e),
+        "part_deltaR": np.hypot(deta, dphi), "part_mask": np.ones(n),
+        "part_charge": charge, "part_isChargedHadron": (kind == 0) * 1.0, "part_isNeutralHadron": (kind == 1) * 1.0,
+        "part_isPhoton": (kind == 2) * 1.0, "part_isElectron": (kind == 3) * 1.0, "part_isMuon": (kind == 4) * 1.0,
+        "part_d0val": d0, "part_dzval": dz, "part_d0": np.tanh(d0), "part_dz": np.tanh(dz),
+        "part_d0err": np.where(charged, rng.uniform(0.01, 0.1, n), 0.0),
+        "part_dzerr": np.where(charged, rng.uniform(0.01, 0.1, n), 0.0),
+        "jet_pt": np.full(n, jet_pt), "jet_energy": np.full(n, jet_e), "jet_p": np.full(n, ptot),
+    }
+    return raw
+
+
+def _pad(values: np.ndarray, length: int, mode: str, pad_value: float) -> np.ndarray:
+    """weaver's padding: ``wrap`` repeats the real entries, ``constant`` fills with ``pad_value``."""
+    n = len(values)
+    if n >= length:
+        return values[:length]
+    if mode == "wrap" and n > 0:
+        return values[np.arange(length) % n]
+    return np.concatenate([values, np.full(length - n, pad_value)])
+
+
+def synthetic_inputs(
+    data_config: Any,
+    *,
+    batch_size: int,
+    multiplicity: int | tuple[int, int],
+    seed: int = 0,
+    length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Random-but-physical jets with ``multiplicity`` particles (fixed, or a (lo, hi) range) in weaver's layout.
+
+    Known JetClass variables are computed from the generated four-momenta; an unknown variable is drawn from a unit
+    normal. Standardisation (subtract/multiply/clip) and padding follow the data config, like weaver does.
+    ``length`` overrides the padded length of every particle input (e.g. = multiplicity: no padded slots).
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    jets = []
+    for _ in range(batch_size):
+        n = multiplicity if isinstance(multiplicity, int) else int(rng.integers(multiplicity[0], multiplicity[1] + 1))
+        if n < 1:
+            raise ValueError(f"multiplicity must be >= 1, got {n}")
+        jets.append(_synthetic_particles(rng, n))
+    for group, var_names in data_config.input_dicts.items():
+        params0 = data_config.preprocess_params[var_names[0]]
+        if params0["length"] is None:
+            raise ValueError(f"input group {group!r} has no fixed length; --synthetic supports padded particle inputs")
+        pad_len = length or params0["length"]
+        arr = np.zeros((batch_size, len(var_names), pad_len), dtype=np.float32)
+        for b, raw in enumerate(jets):
+            for v, name in enumerate(var_names):
+                p = data_config.preprocess_params[name]
+                x = raw.get(name)
+                if x is None:
+                    x = rng.standard_normal(len(raw["part_px"]))
+                x = np.asarray(x, dtype=np.float64)
+                if p["center"] is not None:
+                    x = np.clip((x - p["center"]) * p["scale"], p["min"], p["max"])
+                x = np.nan_to_num(x)
+                arr[b, v] = _pad(x, pad_len, p["pad_mode"], p["pad_value"])
+        out[group] = arr
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Total number of parameters (sum of ``numel``), trainable or not."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def mask_input_name(names: Sequence[str]) -> str | None:
+    """The input holding the particle mask (weaver convention: its name ends with ``mask``)."""
+    return next((n for n in names if n.endswith("mask")), None)
+
+
+def fmt_si(value: float, unit: str = "") -> str:
+    """Format a number with an SI prefix (k, M, G, T) for terminal and Markdown tables."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g} {unit}".strip()
+    exp = min(max(int(math.floor(math.log10(abs(value)) / 3)), 0), 4)
+    return f"{value / 1000**exp:.3g} {' kMGT'[exp].strip()}{unit}".strip()

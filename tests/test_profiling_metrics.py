@@ -1,0 +1,89 @@
+"""Metrics from a hand-made prediction file in weaver's ``save_root`` layout, with answers worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from profiling import compare, metrics
+
+CLASSES = ["QCD", "Hbb", "Tbqq"]
+# (truth, [score_QCD, score_Hbb, score_Tbqq]); QCD/Hbb jets have score_QCD + score_Hbb = 0.9, so the Hbb-vs-QCD
+# discriminant ranks them S > B > S > S > B > S > B > B: at 50% signal efficiency one of four QCD jets passes.
+JETS = [
+    ("Hbb", [0.1, 0.8, 0.1]), ("Hbb", [0.3, 0.6, 0.1]), ("Hbb", [0.4, 0.5, 0.1]), ("Hbb", [0.6, 0.3, 0.1]),
+    ("QCD", [0.2, 0.7, 0.1]), ("QCD", [0.5, 0.4, 0.1]), ("QCD", [0.7, 0.2, 0.1]), ("QCD", [0.8, 0.1, 0.1]),
+    ("Tbqq", [0.1, 0.1, 0.8]), ("Tbqq", [0.2, 0.2, 0.6]),
+]
+
+
+def write_weaver_prediction(path: Path) -> None:
+    """Same branches as weaver's save_root: label_X (bool), score_label_X, the _label_ index and an observer."""
+    truth = np.array([CLASSES.index(t) for t, _ in JETS])
+    scores = np.array([s for _, s in JETS], dtype=np.float32)
+    table = {}
+    for i, name in enumerate(CLASSES):
+        table[f"label_{name}"] = truth == i
+        table[f"score_label_{name}"] = scores[:, i]
+    table["_label_"] = truth
+    table["jet_pt"] = np.linspace(500, 900, len(JETS)).astype(np.float32)
+    arr = ak.Array(table)
+    with uproot.recreate(path) as f:
+        tree = f.mktree("Events", {k: arr[k].type for k in arr.fields})
+        tree.extend({k: arr[k] for k in arr.fields})
+
+
+def test_metrics_hand_computed(tmp_path: Path) -> None:
+    pred = tmp_path / "pred.root"
+    write_weaver_prediction(pred)
+    m = metrics.metrics_from_file(pred)
+    assert m["classes"] == CLASSES and m["n_jets"] == 10
+    assert m["accuracy"] == pytest.approx(0.8)  # jets 4 (Hbb->QCD) and 5 (QCD->Hbb) are wrong
+    # one-vs-rest AUC = fraction of (positive, negative) pairs ranked right, ties count 1/2
+    assert m["auc"]["Hbb"] == pytest.approx(20 / 24)
+    assert m["auc"]["QCD"] == pytest.approx(19.5 / 24)
+    assert m["auc"]["Tbqq"] == pytest.approx(1.0)
+    assert m["macro_auc"] == pytest.approx((20 / 24 + 19.5 / 24 + 1) / 3)
+    assert m["rejection"]["Hbb"]["signal_efficiency"] == 0.5
+    assert m["rejection"]["Hbb"]["rejection"] == pytest.approx(4.0)
+    assert math.isinf(m["rejection"]["Tbqq"]["rejection"])  # no QCD jet passes: eB = 0
+    assert set(m["rejection"]) == {"Hbb", "Tbqq"}
+
+
+def test_metrics_cli_and_compare_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred = tmp_path / "pred.root"
+    write_weaver_prediction(pred)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert metrics.main([str(pred), "--out", str(run / "metrics.json")]) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["rejection"]["Tbqq"]["rejection"] == "inf" and saved["accuracy"] == pytest.approx(0.8)
+    # a minimal report.json as written by profiling.forward
+    (run / "report.json").write_text(json.dumps({
+        "model": {"model_class": "Toy", "params": 1234},
+        "flops": {"per_jet": {"ours_macs": 2.5e6}},
+        "latency_vs_batch": [{"batch_size": 8, "median_s": 0.004, "jets_per_s": 2000.0}],
+        "memory": {"cpu_peak_rss_mb": 300.0},
+        "environment": {"device": "cpu"},
+    }))
+    row = compare.load_run(run)
+    assert row["accuracy"] == pytest.approx(0.8) and row["rejection"]["Hbb"] == pytest.approx(4.0)
+    text = compare.table([row])
+    assert "| run | Toy | 1,234 | 2.5 | 8 | 4.00 | 2000.0 | 300 | 0.8000 |" in text
+
+
+def test_metrics_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        metrics.metrics_from_file(tmp_path / "missing.root")
+    bad = tmp_path / "bad.root"
+    with uproot.recreate(bad) as f:
+        tree = f.mktree("Events", {"x": "float32"})
+        tree.extend({"x": np.zeros(3, dtype=np.float32)})
+    with pytest.raises(ValueError, match="score_"):
+        metrics.metrics_from_file(bad)
