@@ -7,12 +7,21 @@ the projection and reshaping code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from .backends import check_backend, get_backend
 
 Tensor = torch.Tensor
+
+
+@dataclass
+class ValueResidual:
+    """Carries the first layer's values (B, H, L, D) to later layers (value residual learning, arXiv:2410.17897)."""
+
+    v0: Tensor | None = None
 
 
 class MultiheadAttention(nn.Module):
@@ -42,6 +51,25 @@ class MultiheadAttention(nn.Module):
         self.backend = backend
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.value_gate: nn.Linear | None = None  # per-token, per-head gate of the value residual (later layers)
+
+    def enable_value_residual(self) -> None:
+        """Add the learned gate that mixes the first layer's values into this layer's values."""
+        self.value_gate = nn.Linear(self.embed_dim, self.num_heads)
+        nn.init.zeros_(self.value_gate.weight)
+        nn.init.zeros_(self.value_gate.bias)
+
+    def mix_values(self, v: Tensor, query: Tensor, state: ValueResidual | None, *, first: bool) -> Tensor:
+        """Value residual: the first layer stores its values; later layers use v + g (v0 - v), g = sigmoid(gate)."""
+        if state is None:
+            return v
+        if first:
+            state.v0 = v
+            return v
+        if state.v0 is None or self.value_gate is None:
+            raise RuntimeError("value residual: a later layer ran before the first layer stored its values")
+        gate = torch.sigmoid(self.value_gate(query)).transpose(1, 2).unsqueeze(-1)  # (B, H, L, 1)
+        return v + gate * (state.v0 - v)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
@@ -81,13 +109,17 @@ class MultiheadAttention(nn.Module):
         *,
         bias: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
+        value_residual: ValueResidual | None = None,
     ) -> Tensor:
         """query: (B, Lq, E); key (= value input): (B, Lk, E), defaults to query (self-attention).
 
-        bias: additive (B, H, Lq, Lk); key_padding_mask: bool (B, Lk), True where the key is padding.
+        bias: additive (B, H, Lq, Lk); key_padding_mask: bool (B, Lk), True where the key is padding;
+        value_residual: shared state of the value residual (self-attention only), None = off.
         """
         key = query if key is None else key
         q, k, v = self.project_qkv(query, key)
+        if value_residual is not None:
+            v = self.mix_values(v, query, value_residual, first=self.value_gate is None)
         out = self.attend(q, k, v, bias=bias, key_padding_mask=key_padding_mask)  # (B, H, Lq, D)
         out = out.transpose(1, 2).reshape(query.size(0), query.size(1), self.embed_dim)
         return self.out_proj(out)

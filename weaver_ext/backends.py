@@ -30,6 +30,7 @@ class BackendInfo:
     cpu: bool
     cuda: bool
     note: str = ""
+    cpu_training: bool = True  # False: autograd only on CUDA (flex attention has no CPU backward)
 
 
 def merge_bias_and_mask(bias: Tensor | None, key_padding_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -78,11 +79,91 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
+def _bias_and_padding_score_mod(bias: Tensor | None, key_padding_mask: Tensor | None) -> Callable | None:
+    """flex_attention ``score_mod`` adding the pair bias and -inf on padded keys (None when there is neither)."""
+    if bias is None and key_padding_mask is None:
+        return None
+    if key_padding_mask is None:
+        return lambda score, b, h, q_idx, k_idx: score + bias[b, h, q_idx, k_idx]
+    neg_inf = torch.tensor(float("-inf"), device=key_padding_mask.device)
+    if bias is None:
+        return lambda score, b, h, q_idx, k_idx: torch.where(key_padding_mask[b, k_idx], neg_inf, score)
+    return lambda score, b, h, q_idx, k_idx: torch.where(
+        key_padding_mask[b, k_idx], neg_inf, score + bias[b, h, q_idx, k_idx]
+    )
+
+
+def flex_attention_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """torch's FlexAttention: the pair bias and the padding are one ``score_mod`` (no (B, H, L, L) mask tensor).
+
+    Without ``torch.compile`` torch runs it unfused (it warns once); on CPU it has no backward.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if dropout_p > 0:
+        raise ValueError("attention backend 'flex' has no attention dropout; set attn_dropout=0 to train with it")
+    score_mod = _bias_and_padding_score_mod(bias, key_padding_mask)
+    return flex_attention(q, k, v, score_mod=score_mod, scale=scale)
+
+
+def flash_attention_core(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """Flash attention through ``torch.nn.attention.varlen.varlen_attn`` (CUDA only, no additive bias).
+
+    Padding: the real keys of each jet are packed into one ragged sequence (``cu_seq_k``); all queries are kept,
+    so padded query rows get the same values as in ``math``. fp32 inputs run in bf16 (flash kernels need 16-bit).
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    if bias is not None:
+        raise ValueError("attention backend 'flash' does not support an additive pair bias")
+    if dropout_p > 0:
+        raise ValueError("attention backend 'flash' has no attention dropout; set attn_dropout=0 to train with it")
+    batch, heads, len_q, dim = q.shape
+    len_k = k.size(2)
+    out_dtype = q.dtype
+    run_dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    keep = torch.ones(batch, len_k, dtype=torch.bool, device=q.device) if key_padding_mask is None \
+        else ~key_padding_mask
+    q_packed = q.transpose(1, 2).reshape(batch * len_q, heads, dim).to(run_dtype)
+    k_packed = k.transpose(1, 2)[keep].to(run_dtype)  # (total real keys, H, D)
+    v_packed = v.transpose(1, 2)[keep].to(run_dtype)
+    zero = torch.zeros(1, dtype=torch.int32, device=q.device)
+    cu_q = torch.arange(0, (batch + 1) * len_q, len_q, dtype=torch.int32, device=q.device)
+    cu_k = torch.cat((zero, keep.sum(dim=1).cumsum(0).to(torch.int32)))
+    out = varlen_attn(q_packed, k_packed, v_packed, cu_q, cu_k, len_q, len_k, scale=scale)
+    return out.view(batch, len_q, heads, dim).transpose(1, 2).to(out_dtype)
+
+
 BACKENDS: dict[str, BackendInfo] = {
     "math": BackendInfo(math_attention, bias=True, padding_mask=True, training=True, cpu=True, cuda=True,
                         note="reference; materialises the (B, H, L, L) score matrix"),
     "sdpa": BackendInfo(sdpa_attention, bias=True, padding_mask=True, training=True, cpu=True, cuda=True,
                         note="torch SDPA; with a float bias it uses the memory-efficient or math kernel"),
+    "flex": BackendInfo(flex_attention_core, bias=True, padding_mask=True, training=True, cpu=True, cuda=True,
+                        cpu_training=False,
+                        note="torch FlexAttention, bias + padding as score_mod; no dropout; CPU: inference only, "
+                        "unfused without torch.compile"),
+    "flash": BackendInfo(flash_attention_core, bias=False, padding_mask=True, training=True, cpu=False, cuda=True,
+                         note="flash varlen_attn (real keys packed per jet); no pair bias, no dropout; "
+                         "runs in bf16/fp16"),
 }
 
 
@@ -109,6 +190,11 @@ def check_backend(name: str, *, has_bias: bool, has_mask: bool, training: bool, 
     if training and not info.training:
         raise ValueError(f"attention backend {name!r} is inference-only ({info.note}); use 'sdpa' or 'math' to train")
     on_cuda = device.type == "cuda"
+    if training and not on_cuda and not info.cpu_training:
+        raise ValueError(
+            f"attention backend {name!r} is inference-only on CPU (no CPU backward); train with 'sdpa' or 'math' "
+            "and switch with set_attention_backend for evaluation"
+        )
     if (on_cuda and not info.cuda) or (not on_cuda and not info.cpu):
         raise ValueError(f"attention backend {name!r} does not run on {device.type} ({info.note})")
 
@@ -118,8 +204,9 @@ def capability_table() -> str:
     rows = ["| backend | pair bias | padding mask | training | CPU | CUDA | note |", "|---|---|---|---|---|---|---|"]
     yes = {True: "yes", False: "no"}
     for name, b in BACKENDS.items():
+        train = "CUDA only" if b.training and not b.cpu_training else yes[b.training]
         rows.append(
-            f"| {name} | {yes[b.bias]} | {yes[b.padding_mask]} | {yes[b.training]} | {yes[b.cpu]} | {yes[b.cuda]} "
+            f"| {name} | {yes[b.bias]} | {yes[b.padding_mask]} | {train} | {yes[b.cpu]} | {yes[b.cuda]} "
             f"| {b.note} |"
         )
     return "\n".join(rows)

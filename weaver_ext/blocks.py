@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .attention import MultiheadAttention
+from .attention import MultiheadAttention, ValueResidual
 
 Tensor = torch.Tensor
 
@@ -75,12 +75,15 @@ class Block(nn.Module):
         self.c_attn = nn.Parameter(torch.ones(cfg.num_heads)) if cfg.scale_heads else None
         self.w_resid = nn.Parameter(torch.ones(dim)) if cfg.scale_resids else None
 
-    def _attention(self, x: Tensor, x_cls: Tensor | None, padding_mask: Tensor | None, bias: Tensor | None) -> Tensor:
+    def _attention(self, x: Tensor, x_cls: Tensor | None, padding_mask: Tensor | None, bias: Tensor | None,
+                   value_residual: ValueResidual | None = None) -> Tensor:
         if x_cls is None:
-            return self.attn(self.pre_attn_norm(x), bias=bias, key_padding_mask=padding_mask)
-        # class attention (CaiT): the class token queries itself and all particles
+            return self.attn(self.pre_attn_norm(x), bias=bias, key_padding_mask=padding_mask,
+                             value_residual=value_residual)
+        # class attention (CaiT): the class token(s) query themselves and all particles
         if padding_mask is not None:
-            padding_mask = torch.cat((torch.zeros_like(padding_mask[:, :1]), padding_mask), dim=1)
+            token_mask = torch.zeros_like(padding_mask[:, :1]).expand(-1, x_cls.size(1))
+            padding_mask = torch.cat((token_mask, padding_mask), dim=1)
         u = self.pre_attn_norm(torch.cat((x_cls, x), dim=1))
         return self.attn(x_cls, u, key_padding_mask=padding_mask)
 
@@ -98,13 +101,16 @@ class Block(nn.Module):
         x_cls: Tensor | None = None,
         padding_mask: Tensor | None = None,
         bias: Tensor | None = None,
+        value_residual: ValueResidual | None = None,
     ) -> Tensor:
-        """x: (B, L, E) particles; x_cls: (B, 1, E) for a class-attention block (then returns the updated token).
+        """x: (B, L, E) particles; x_cls: (B, T, E) class/query tokens for a cross-attention block (then returns the
+        updated tokens).
 
-        padding_mask: bool (B, L), True for padded particles; bias: additive (B, H, L, L) pair interaction.
+        padding_mask: bool (B, L), True for padded particles; bias: additive (B, H, L, L) pair interaction;
+        value_residual: shared value-residual state of the particle blocks (None = off).
         """
         residual = x if x_cls is None else x_cls
-        h = self._attention(x, x_cls, padding_mask, bias)
+        h = self._attention(x, x_cls, padding_mask, bias, value_residual)
         if self.c_attn is not None:
             h = (h.unflatten(-1, (self.num_heads, self.head_dim)) * self.c_attn[:, None]).flatten(-2)
         h = self.ls1(self.dropout(self.post_attn_norm(h)))

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from weaver.nn.model.ParticleTransformer import (
     Embed,
     PairEmbed,
@@ -24,7 +26,10 @@ from weaver.nn.model.ParticleTransformer import (
     named_apply,
 )
 
+from .attention import MultiheadAttention, ValueResidual
 from .blocks import Block, BlockConfig
+from .latent import LatentCrossAttention, LatentSelfAttention
+from .positional import PosEncoding, PositionalEncoding, local_attention_mask
 
 Tensor = torch.Tensor
 
@@ -57,6 +62,19 @@ class ParTConfig:
     activation_dropout: float = 0.1
     layer_scale_init: float | None = None
     attn_backend: str = "sdpa"
+    # transformer refinements (all off by default: the published ParT); see docs/variants.md
+    value_residual: bool = False  # mix layer-0 values into later layers (learned per-token, per-head gate)
+    num_registers: int = 0  # learned extra tokens in the particle blocks; zero pair bias; not pooled
+    attn_window: int = 0  # > 0: attend only within +-attn_window in pT rank
+    attn_knn: int = 0  # > 0: attend only to the attn_knn nearest particles in (eta, phi)
+    grad_checkpoint: bool = False  # torch.utils.checkpoint per particle block while training
+    pos_encoding: PosEncoding = "none"  # 'sequence' (pT rank), 'eta_phi' (2D sin/cos), 'fourier' (random features)
+    pos_fourier_features: int = 32
+    pos_fourier_scale: float = 10.0
+    latent_tokens: int = 0  # > 0: Perceiver encoder, particles -> latent_tokens latents after the particle blocks
+    latent_layers: int = 2  # self-attention blocks over the latents
+    head: Literal["class_attention", "latent"] = "class_attention"  # 'latent': head_queries averaged queries
+    head_queries: int = 4
     # head
     fc_params: tuple[tuple[int, float], ...] = ()
     task: Literal["classification", "regression"] = "classification"
@@ -118,15 +136,16 @@ class ParticleTransformer(nn.Module):
                 for_onnx=cfg.for_inference,
                 sparse_eval=(False, True) if cfg.compile_model else (True, True),
             )
-            if cfg.pair_embed_dims is not None and pair_dim + cfg.pair_extra_dim > 0
+            if cfg.pair_embed_dims is not None and pair_dim + cfg.pair_extra_dim > 0 and cfg.num_layers > 0
             else None
         )
-        self.blocks = nn.ModuleList(Block(cfg.block_config()) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(self.make_block(i) for i in range(cfg.num_layers))
         self.cls_blocks = (
-            nn.ModuleList(Block(cfg.block_config(cls_block=True)) for _ in range(cfg.num_cls_layers))
-            if cfg.num_cls_layers > 0
+            nn.ModuleList(self.make_block(i, cls_block=True) for i in range(cfg.num_cls_layers))
+            if cfg.num_cls_layers > 0 and cfg.head == "class_attention"
             else None
         )
+        self._make_refinements(cfg)
         self.norm = nn.LayerNorm(dim)
         self.fc = self._make_head(cfg) if cfg.num_classes is not None else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.cls_blocks is not None else None
@@ -139,6 +158,42 @@ class ParticleTransformer(nn.Module):
             for layer_id, block in enumerate(self.blocks, start=1):
                 block.attn.out_proj.weight.data.div_(math.sqrt(2.0 * layer_id))
                 block.fc2.weight.data.div_(math.sqrt(2.0 * layer_id))
+
+    def make_attention(self, index: int, *, cls_block: bool = False) -> MultiheadAttention | None:
+        """Attention module of block ``index``; None = the default. Variants (differential attention) override it."""
+        return None
+
+    def make_block(self, index: int, *, cls_block: bool = False) -> Block:
+        """One particle block (or class-attention block) built from the config and ``make_attention``."""
+        block = Block(self.cfg.block_config(cls_block=cls_block),
+                      attention=self.make_attention(index, cls_block=cls_block))
+        if self.cfg.value_residual and not cls_block and index > 0:
+            block.attn.enable_value_residual()
+        return block
+
+    def _make_refinements(self, cfg: ParTConfig) -> None:
+        """Optional modules: positional encoding, register tokens, latent encoder and latent decoder head."""
+        for name in ("num_registers", "attn_window", "attn_knn", "latent_tokens"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+        if cfg.num_layers == 0 and (cfg.num_registers or cfg.value_residual or cfg.attn_window or cfg.attn_knn):
+            raise ValueError("num_registers, value_residual, attn_window and attn_knn need num_layers > 0")
+        self.pos_encoding = None if cfg.pos_encoding == "none" else PositionalEncoding(
+            cfg.pos_encoding, cfg.embed_dim, fourier_features=cfg.pos_fourier_features,
+            fourier_scale=cfg.pos_fourier_scale)
+        self.registers = nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.embed_dim)) if cfg.num_registers else None
+        if self.registers is not None:
+            nn.init.trunc_normal_(self.registers, std=0.02)
+        self.latent_encoder = self.latent_blocks = None
+        if cfg.latent_tokens > 0:
+            self.latent_encoder = LatentCrossAttention(cfg.block_config(), num_tokens=cfg.latent_tokens)
+            self.latent_blocks = LatentSelfAttention(cfg.block_config(), num_layers=cfg.latent_layers)
+        self.latent_head = None
+        if cfg.head == "latent":
+            if cfg.num_cls_layers < 1:
+                raise ValueError("head='latent' needs num_cls_layers >= 1 (the number of its cross-attention blocks)")
+            self.latent_head = LatentCrossAttention(cfg.block_config(cls_block=True), num_tokens=cfg.head_queries,
+                                                    num_layers=cfg.num_cls_layers)
 
     @staticmethod
     def _make_head(cfg: ParTConfig) -> nn.Sequential:
@@ -171,13 +226,52 @@ class ParticleTransformer(nn.Module):
         bias = None
         if (v is not None or uu is not None) and self.pair_embed is not None:
             bias = self.pair_embed(v, uu=uu, mask=mask)  # (B, H, L, L)
-        for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, bias=bias)
+        if self.pos_encoding is not None:
+            self._need_vectors(v, "pos_encoding")
+            x = x + self.pos_encoding(v, mask).to(x.dtype)
+        x = self.run_blocks(x, v, mask, padding_mask, bias)
+        if self.latent_encoder is not None:
+            x = self.latent_blocks(self.latent_encoder(x, padding_mask))
+            padding_mask, bias = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device), None
         return x, padding_mask, bias
+
+    @staticmethod
+    def _need_vectors(v: Tensor | None, option: str) -> None:
+        if v is None:
+            raise ValueError(f"ParT option {option} needs the particle four-vectors (pf_vectors)")
+
+    def run_blocks(self, x: Tensor, v: Tensor | None, mask: Tensor, padding_mask: Tensor,
+                   bias: Tensor | None) -> Tensor:
+        """The particle blocks, with registers, local masks, value residual and checkpointing when configured."""
+        cfg = self.cfg
+        local = None
+        if cfg.attn_window or cfg.attn_knn:
+            self._need_vectors(v, "attn_window/attn_knn")
+            local = local_attention_mask(v, mask, window=cfg.attn_window, knn=cfg.attn_knn)
+        num_particles = x.size(1)
+        if self.registers is not None:
+            x = torch.cat((x, self.registers.expand(x.size(0), -1, -1).to(x.dtype)), dim=1)
+            padding_mask = F.pad(padding_mask, (0, cfg.num_registers), value=False)
+            bias = None if bias is None else F.pad(bias, (0, cfg.num_registers, 0, cfg.num_registers))
+            local = None if local is None else F.pad(local, (0, cfg.num_registers, 0, cfg.num_registers))
+        if local is not None:
+            local = local.to(x.dtype).expand(-1, cfg.num_heads, -1, -1)
+            bias = local if bias is None else bias + local
+        state = ValueResidual() if cfg.value_residual else None
+        use_checkpoint = cfg.grad_checkpoint and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            if use_checkpoint:
+                x = checkpoint(block, x, padding_mask=padding_mask, bias=bias, value_residual=state,
+                               use_reentrant=False)
+            else:
+                x = block(x, padding_mask=padding_mask, bias=bias, value_residual=state)
+        return x[:, :num_particles]
 
     def pool(self, x: Tensor, padding_mask: Tensor) -> Tensor:
         """Class-attention pooling (or a masked mean when there are no class blocks), then LayerNorm."""
-        if self.cls_blocks is not None:
+        if self.latent_head is not None:
+            pooled = self.latent_head(x, padding_mask).mean(dim=1)
+        elif self.cls_blocks is not None:
             token = self.cls_token.expand(x.size(0), -1, -1)
             for block in self.cls_blocks:
                 token = block(x, x_cls=token, padding_mask=padding_mask)
