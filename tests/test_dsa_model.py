@@ -1,0 +1,218 @@
+"""DSA-ParT model: dense limit, padding, one-particle jets, schedule, aux-loss gradients, N x k memory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests.conftest import JETCLASS_CONFIGS
+from tests.helpers import weaver_batch
+from weaver_ext import dsa
+from weaver_ext.dsa import DSAConfig, DSAParticleTransformer, kept_fraction, keys_per_query, topk_keep_mask
+from weaver_ext.losses import AuxLoss
+from weaver_ext.part import ParTConfig, ParticleTransformer
+
+TINY = dict(input_dim=7, num_classes=10, embed_dims=(32, 32), pair_embed_dims=(16, 16), num_heads=4, num_layers=2,
+            num_cls_layers=1)
+
+
+def _jets(n: int = 16, length: int = 24, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random particles with physical four-vectors; jet b has length - b real particles (at least 1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 7, length, generator=g)
+    p = torch.randn(n, 3, length, generator=g) * 20
+    v = torch.cat((p, (p.square().sum(1, keepdim=True) + 0.1).sqrt()), dim=1)
+    n_real = (length - torch.arange(n)).clamp(min=1)
+    mask = (torch.arange(length)[None, :] < n_real[:, None]).float().unsqueeze(1)
+    return x * mask, v * mask, mask
+
+
+def _model(**opts: object) -> DSAParticleTransformer:
+    torch.manual_seed(3)
+    return DSAParticleTransformer(DSAConfig(**TINY, **opts))
+
+
+def test_disabled_is_exactly_part():
+    torch.manual_seed(1)
+    part = ParticleTransformer(ParTConfig(**TINY)).eval()
+    dsa = _model(dsa_enabled=False).eval()
+    assert list(dsa.state_dict()) == list(part.state_dict())
+    dsa.load_state_dict(part.state_dict(), strict=True)
+    x, v, mask = _jets()
+    with torch.no_grad():
+        assert torch.equal(dsa(x, v, mask), part(x, v, mask))
+
+
+@pytest.fixture(scope="module")
+def real_jets(jet_files) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch = weaver_batch(jet_files, JETCLASS_CONFIGS / "JetClass_kin.yaml", max_jets=48)
+    return batch["pf_features"], batch["pf_vectors"], batch["pf_mask"]
+
+
+@pytest.mark.parametrize("mode", ["topk", "indexer"])
+@pytest.mark.parametrize("keep", ["ratio", "topk"])
+def test_k_equal_n_reproduces_dense_part(real_jets, mode, keep):
+    """Keeping every real key gives dense ParT (same weights) within 1e-5 on real jets."""
+    args = real_jets
+    torch.manual_seed(1)
+    part = ParticleTransformer(ParTConfig(**TINY, for_inference=True)).eval()
+    opts = {"sparsity_ratio": 1.0} if keep == "ratio" else {"topk": 128}
+    dsa = _model(dsa_enabled=True, dsa_mode=mode, for_inference=True, **opts).eval()
+    missing, unexpected = dsa.load_state_dict(part.state_dict(), strict=False)
+    assert not unexpected and all(k == "dsa_step" or ".indexer." in k for k in missing)
+    with torch.no_grad():
+        expected, got = part(*args), dsa(*args)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_topk_keep_mask_never_selects_padding_and_keeps_k():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 2, 10, 10, generator=g) * 100
+    pad = torch.zeros(3, 10, dtype=torch.bool)
+    pad[1, 4:] = True
+    pad[2, 1:] = True
+    scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))
+    n_real = (~pad).sum(-1)
+    kb = keys_per_query(n_real, ratio=0.5, topk=None)
+    assert kb.tolist() == [5, 2, 1]
+    keep = topk_keep_mask(scores, kb, pad)
+    assert not (keep & pad[:, None, None, :]).any()
+    assert torch.equal(keep.sum(-1), kb.view(-1, 1, 1).expand(-1, 2, 10))
+    # the kept keys are the highest-scoring ones
+    kth = scores.masked_fill(~keep, float("inf")).amin(-1)
+    dropped_max = scores.masked_fill(keep, float("-inf")).amax(-1)
+    assert (dropped_max <= kth).all()
+
+
+@pytest.mark.parametrize("mode", ["topk", "indexer"])
+def test_padded_keys_have_no_influence(mode):
+    """Changing padded particles' features/vectors changes nothing for real ones (never selected)."""
+    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, trim=False).eval()
+    x, v, mask = _jets()
+    x2, v2 = x + 50 * (1 - mask), v + 30 * (1 - mask)
+    with torch.no_grad():
+        assert torch.allclose(model(x, v, mask), model(x2, v2, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["topk", "indexer"])
+def test_one_particle_jet_is_finite_with_finite_gradients(mode):
+    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.05, sparsity_weight=1.0, entropy_weight=1.0)
+    x, v, mask = _jets(n=4, length=12)
+    mask[0, :, 1:] = 0  # a jet with a single particle
+    x, v = x * mask, v * mask
+    model.train()
+    out = model(x, v, mask)
+    loss = out.square().mean() + model.pop_aux_loss()
+    loss.backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(x, v, mask)).all()
+
+
+def test_schedules():
+    cfg = DSAConfig(**TINY, dsa_enabled=True, sparsity_ratio=0.4, target_sparsity=0.1, sparsity_steps=10,
+                    sparsity_schedule="linear")
+    assert [round(kept_fraction(cfg, s), 6) for s in (0, 5, 10, 20)] == [0.4, 0.25, 0.1, 0.1]
+    cos = DSAConfig(**{**cfg.__dict__, "sparsity_schedule": "cosine"})
+    assert kept_fraction(cos, 0) == pytest.approx(0.4) and kept_fraction(cos, 10) == pytest.approx(0.1)
+    assert kept_fraction(cos, 5) == pytest.approx(0.25)
+    const = DSAConfig(**{**cfg.__dict__, "sparsity_schedule": "constant"})
+    assert kept_fraction(const, 7) == 0.4
+    assert keys_per_query(torch.tensor([1, 8, 100]), ratio=0.5, topk=16).tolist() == [1, 8, 16]
+
+
+def test_step_counter_is_persistent_and_counts_training_forwards():
+    model = _model(dsa_enabled=True, sparsity_ratio=0.5, target_sparsity=0.25, sparsity_schedule="linear",
+                   sparsity_steps=4)
+    x, v, mask = _jets(n=2, length=8)
+    model.train()
+    for _ in range(3):
+        model(x, v, mask)
+    model.eval()
+    with torch.no_grad():
+        model(x, v, mask)
+    assert int(model.state_dict()["dsa_step"]) == 3
+    assert model.current_kept_fraction() == pytest.approx(0.5 - 0.25 * 3 / 4)
+
+
+@pytest.mark.parametrize("bad", [{"sparsity_ratio": 0.0}, {"target_sparsity": 1.5}, {"topk": 0},
+                                 {"dsa_layers": (5,)}, {"dsa_mode": "indexer", "num_registers": 2}])
+def test_bad_options_fail_with_a_message(bad):
+    with pytest.raises(ValueError, match="DSA option"):
+        DSAConfig(**TINY, dsa_enabled=True, **bad)
+
+
+@pytest.mark.parametrize("mode", ["topk", "indexer"])
+@pytest.mark.parametrize("term", ["sparsity_weight", "entropy_weight"])
+def test_regulariser_reaches_the_gradient_through_the_weaver_loss(mode, term):
+    """The loss module weaver uses (AuxLoss) adds the term: its gradient differs from cross-entropy's alone."""
+    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, distill_weight=0.0, **{term: 1.0}).train()
+    loss_func = AuxLoss(model)
+    x, v, mask = _jets()
+    label = torch.arange(len(x)) % 10
+    logits = model(x, v, mask)
+    params = [p for n, p in model.named_parameters() if n.startswith("blocks.0.attn")]
+    g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, label), params, retain_graph=True,
+                               allow_unused=True)
+    g_all = torch.autograd.grad(loss_func(logits, label), params, allow_unused=True)
+    diff = sum(float(((a if a is not None else 0) - b).abs().sum()) for a, b in zip(g_ce, g_all, strict=True)
+               if b is not None)
+    assert diff > 0
+    assert loss_func.running["aux_steps"] == 1 and loss_func.running["aux"] > 0
+
+
+def test_indexer_distillation_trains_only_the_indexer():
+    model = _model(dsa_enabled=True, dsa_mode="indexer", sparsity_ratio=0.3, distill_weight=1.0).train()
+    x, v, mask = _jets()
+    model(x, v, mask)
+    model.pop_aux_loss().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if ".indexer." in n)
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if ".indexer." not in n)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any aten op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_indexer_never_materialises_n_by_n(training, monkeypatch):
+    """With the indexer's chunk budget below N x N, no op (forward or backward) returns an N x N-sized tensor."""
+    n, k = 512, 4
+    monkeypatch.setattr(dsa, "_INDEXER_CHUNK_ELEMENTS", 1 << 14)
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, sparsity_weight=1.0, trim=False)
+    model.train(training)
+    x, v, mask = _jets(n=1, length=n)
+    with _LargestTensor() as probe:
+        out = model(x, v, mask)
+        if training:
+            (out.sum() + model.pop_aux_loss()).backward()
+    assert torch.isfinite(out).all()
+    # the biggest tensors are N x k x embed (gathered keys/values, pair MLP): 512 * 4 * 32 = N * N / 4
+    assert probe.largest <= n * k * TINY["embed_dims"][-1], probe.largest
+
+
+@pytest.mark.parametrize("mode", ["topk", "indexer"])
+def test_bf16_autocast_training_step_is_finite(mode):
+    """--use-amp style mixed precision (CPU autocast bf16 here) through forward, AuxLoss and backward."""
+    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, sparsity_weight=1.0, entropy_weight=0.1)
+    model.train()
+    x, v, mask = _jets(n=4, length=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = AuxLoss(model)(model(x, v, mask), torch.arange(4))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
