@@ -349,7 +349,6 @@ class DSAParticleTransformer(ParticleTransformer):
         self.aux_loss: Tensor | None = None
         self.aux_terms: dict[str, float] = {}
         self._ctx: DSAContext | None = None
-        self._lazy_pair_embed: PairEmbed | None = None
         if cfg.dsa_enabled:
             # persistent: saved in weaver's checkpoints, so --load-epoch resumes the schedule where it stopped
             self.register_buffer("dsa_step", torch.zeros((), dtype=torch.long))
@@ -393,19 +392,22 @@ class DSAParticleTransformer(ParticleTransformer):
         self._ctx = DSAContext(ratio=self.current_kept_fraction(), topk=cfg.topk, collect=collect)
         if self.training:
             self.dsa_step.add_(1)
-        lazy_pairs = self._pairs_only_lazy
-        if lazy_pairs:  # hide the pair embedding from ParT's encode: pairs are embedded per selected (i, j) only
-            self._lazy_pair_embed = self.pair_embed
-            self._modules["pair_embed"] = None
         try:
             out = super().encode(x, v, mask, uu, uu_idx)
         finally:
-            if lazy_pairs:
-                self._modules["pair_embed"] = self._lazy_pair_embed
-                self._lazy_pair_embed = None
             ctx, self._ctx = self._ctx, None
         self._store_aux(ctx)
         return out
+
+    def pair_bias(self, v: Tensor | None, uu: Tensor | None, mask: Tensor) -> Tensor | None:
+        """No dense bias when every block is sparse in indexer mode: pairs are embedded per selected (i, j)."""
+        if self.cfg.dsa_enabled and self._pairs_only_lazy:
+            return None
+        return super().pair_bias(v, uu, mask)
+
+    @property
+    def supports_fast_inference(self) -> bool:
+        return not self.cfg.dsa_enabled
 
     def run_blocks(self, x: Tensor, v: Tensor | None, mask: Tensor, padding_mask: Tensor,
                    bias: Tensor | None) -> Tensor:
@@ -413,7 +415,7 @@ class DSAParticleTransformer(ParticleTransformer):
         if ctx is None:
             return super().run_blocks(x, v, mask, padding_mask, bias)
         if self.cfg.dsa_mode == "indexer" and v is not None:
-            pair_embed = self._lazy_pair_embed or self.pair_embed
+            pair_embed = self.pair_embed
             if pair_embed is not None:
                 def pair_fn(idx: Tensor, valid: Tensor) -> Tensor:
                     return selected_pair_bias(pair_embed, v, mask, idx, valid)

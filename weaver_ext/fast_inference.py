@@ -5,8 +5,7 @@ Three tricks, each optional and tested for equivalence against the standard forw
 1. Length bucketing: jets are sorted by multiplicity and run in small groups, each trimmed to its own longest jet
    (weaver pads every jet to the batch maximum; real jets have 40-65 of up to 128 particles).
 2. A folded pair embedding: the BatchNorms of weaver's PairEmbed are folded into its 1x1 convolutions, which become
-   plain matrix products on the real (i <= j) pairs only; the padding mask is merged into the pair bias once per
-   group instead of once per attention block.
+   plain matrix products on the real (i <= j) pairs only, evaluated without the full L x L kinematics.
 3. Optional bf16: a bf16 copy of the weights runs everything after the pair kinematics (which stay fp32). Plain
    autocast gains little on CPU because LayerNorm/GELU stay fp32 and every block pays casts in both directions.
 """
@@ -36,7 +35,7 @@ class FoldedPairEmbed(nn.Module):
     """weaver's PairEmbed (pp features) with every BatchNorm folded into the adjacent 1x1 convolution.
 
     Evaluates the interaction features only on the real pairs i <= j and scatters them symmetrically into a
-    (B, H, L, L) bias that already carries -inf on padded keys.
+    (B, H, L, L) bias, zero on padded pairs (as weaver's sparse evaluation).
     """
 
     def __init__(self, pair_embed: nn.Module) -> None:
@@ -64,8 +63,7 @@ class FoldedPairEmbed(nn.Module):
         flat = h.new_zeros(batch * length * length, h.size(1))  # (B*L*L, H): one row per ordered pair
         flat[(b * length + i) * length + j] = h
         flat[(b * length + j) * length + i] = h
-        bias = flat.view(batch, length, length, -1).permute(0, 3, 1, 2)
-        return bias.masked_fill(~valid[:, None, None, :], float("-inf"))  # also makes it contiguous
+        return flat.view(batch, length, length, -1).permute(0, 3, 1, 2).contiguous()
 
 
 def can_fold(pair_embed: nn.Module | None) -> bool:
@@ -131,6 +129,8 @@ class FastParT(nn.Module):
 
     def __init__(self, model: nn.Module, cfg: FastInferenceConfig | None = None) -> None:
         super().__init__()
+        if not model.supports_fast_inference:
+            raise ValueError(f"the fast inference path does not support {type(model).__name__} with these options")
         self.cfg = cfg or FastInferenceConfig()
         self.dtype = torch.bfloat16 if self.cfg.dtype == "bf16" else torch.float32
         if self.dtype == torch.float32:
@@ -143,23 +143,15 @@ class FastParT(nn.Module):
         pair_embed = model.pair_embed
         self.folded = FoldedPairEmbed(pair_embed) if self.cfg.fold_pair_embed and can_fold(pair_embed) else None
 
-    def _bias(self, v: Tensor, mask: Tensor) -> Tensor | None:
-        if self.model.pair_embed is None:
-            return None
-        if self.folded is not None:
-            return self.folded(v, mask)
-        bias = self.model.pair_embed(v, mask=mask).to(self.dtype)
-        return bias.masked_fill(~mask[:, :, None, :], float("-inf"))
-
     def _group(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """Standard ParT on one group already trimmed to its longest jet; the padding mask lives in the bias."""
+        """The model's own encode/pool/head on one group already trimmed to its longest jet."""
         model = self.model
-        padding_mask = ~mask.squeeze(1)
-        tokens = model.embed(x.to(self.dtype)).masked_fill(~mask.transpose(1, 2), 0)
-        bias = self._bias(v, mask)
-        key_mask = padding_mask if bias is None else None
-        for block in model.blocks:
-            tokens = block(tokens, padding_mask=key_mask, bias=bias)
+        if self.folded is not None:
+            bias = self.folded(v, mask)
+        else:
+            bias = model.pair_bias(v, None, mask)
+            bias = None if bias is None else bias.to(self.dtype)
+        tokens, padding_mask, _ = model.encode_trimmed(x.to(self.dtype), v, mask, bias)
         pooled = model.pool(tokens, padding_mask)
         return model.fc(pooled) if model.fc is not None else pooled
 

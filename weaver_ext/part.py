@@ -78,6 +78,10 @@ class ParTConfig:
     # head
     fc_params: tuple[tuple[int, float], ...] = ()
     task: Literal["classification", "regression"] = "classification"
+    # inference (eval without gradients): 'bucketed' runs weaver_ext.fast_inference with identical outputs
+    inference_path: Literal["standard", "bucketed"] = "standard"
+    bucket_size: int = 32  # jets per length bucket of the bucketed path
+    inference_dtype: Literal["fp32", "bf16"] = "fp32"
     # misc
     trim: bool = True
     weight_init: Literal["moco", "timm"] | None = "moco"
@@ -213,7 +217,7 @@ class ParticleTransformer(nn.Module):
         self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
         uu_idx: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Embed particles and pairs and run the particle blocks.
+        """Trim padding, embed particles and pairs and run the particle blocks.
 
         Returns particle tokens (B, L, E), the padding mask (B, L) with True for padding, and the pair bias.
         """
@@ -221,11 +225,21 @@ class ParticleTransformer(nn.Module):
             if uu_idx is not None and not self.for_inference:
                 uu = build_sparse_tensor(uu, uu_idx, x.size(-1))
             x, v, mask, uu = self.trimmer(x, v, mask, uu)
-            padding_mask = ~mask.squeeze(1)
+        return self.encode_trimmed(x, v, mask, self.pair_bias(v, uu, mask))
+
+    def pair_bias(self, v: Tensor | None, uu: Tensor | None, mask: Tensor) -> Tensor | None:
+        """The dense pair-interaction bias (B, H, L, L), or None without pair inputs."""
+        if (v is None and uu is None) or self.pair_embed is None:
+            return None
+        return self.pair_embed(v, uu=uu, mask=mask)
+
+    def encode_trimmed(
+        self, x: Tensor, v: Tensor | None, mask: Tensor, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Everything after trimming and the pair embedding (shared with the fast inference path)."""
+        mask = mask.bool()
+        padding_mask = ~mask.squeeze(1)
         x = self.embed(x).masked_fill(~mask.transpose(1, 2), 0)
-        bias = None
-        if (v is not None or uu is not None) and self.pair_embed is not None:
-            bias = self.pair_embed(v, uu=uu, mask=mask)  # (B, H, L, L)
         if self.pos_encoding is not None:
             self._need_vectors(v, "pos_encoding")
             x = x + self.pos_encoding(v, mask).to(x.dtype)
@@ -281,6 +295,21 @@ class ParticleTransformer(nn.Module):
             pooled = (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
         return self.norm(pooled)
 
+    @property
+    def supports_fast_inference(self) -> bool:
+        """Whether ``FastParT`` reproduces this model (subclasses with their own encode path say no)."""
+        return True
+
+    def use_fast_inference(self, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
+        """The bucketed path runs in eval without gradients, outside ONNX tracing, for kinematic pair inputs."""
+        if self.cfg.inference_path != "bucketed" or self.training or torch.is_grad_enabled():
+            return False
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or uu is not None or uu_idx is not None:
+            return False
+        if not self.supports_fast_inference:
+            raise ValueError(f"inference_path='bucketed' is not supported by {type(self).__name__} with these options")
+        return True
+
     def forward(
         self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
         uu_idx: Tensor | None = None,
@@ -288,6 +317,11 @@ class ParticleTransformer(nn.Module):
         """x: (B, C, L) features; v: (B, 4, L) (px, py, pz, E); mask: (B, 1, L), 1 for real particles."""
         if mask is None:
             mask = torch.ones_like(x[:, :1])
+        if self.use_fast_inference(uu, uu_idx):
+            from .fast_inference import FastInferenceConfig, FastParT
+
+            fast_cfg = FastInferenceConfig(bucket_size=self.cfg.bucket_size, dtype=self.cfg.inference_dtype)
+            return FastParT(self, fast_cfg)(x, v, mask)
         tokens, padding_mask, _ = self.encode(x, v, mask, uu, uu_idx)
         pooled = self.pool(tokens, padding_mask)
         if self.fc is None:

@@ -1,0 +1,101 @@
+"""The fast inference path gives the standard ParT's outputs: bucketing, folding and packing are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import JETCLASS_CONFIGS
+from tests.helpers import weaver_batch
+from weaver_ext.fast_inference import FastInferenceConfig, FastParT, _fold_conv_bn, pack_real_first
+from weaver_ext.part import ParTConfig, ParticleTransformer
+
+SOFTMAX_TOL = 1e-5
+
+
+def _randomise_batchnorms(model: nn.Module) -> None:
+    """Give every BatchNorm non-trivial running statistics so that folding is really exercised."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+
+
+@pytest.fixture(scope="module")
+def model_and_batch(jet_files):
+    torch.manual_seed(0)
+    model = ParticleTransformer(ParTConfig(input_dim=17, num_classes=10, num_layers=3, for_inference=True)).eval()
+    _randomise_batchnorms(model)
+    batch = weaver_batch(jet_files, JETCLASS_CONFIGS / "JetClass_full.yaml", max_jets=400)
+    perm = torch.randperm(len(batch["_label_"]), generator=torch.Generator().manual_seed(1))[:96]
+    return model, {k: v[perm] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [FastInferenceConfig(), FastInferenceConfig(bucket_size=8), FastInferenceConfig(bucket_size=0),
+     FastInferenceConfig(fold_pair_embed=False)],
+    ids=["default", "bucket8", "one-bucket", "unfolded"],
+)
+def test_fast_path_matches_standard_forward(model_and_batch, cfg):
+    model, b = model_and_batch
+    args = (b["pf_features"], b["pf_vectors"], b["pf_mask"])
+    lengths = b["pf_mask"].sum(dim=(1, 2))
+    assert lengths.min() < lengths.max()  # real jets: multiplicities differ, so bucketing changes the padding
+    with torch.inference_mode():
+        expected = model(*args)
+        got = FastParT(model, cfg)(*args)
+    assert (got - expected).abs().max().item() <= SOFTMAX_TOL
+
+
+def test_option_routes_eval_forward_through_fast_path(model_and_batch):
+    model, b = model_and_batch
+    fast_model = ParticleTransformer(ParTConfig(input_dim=17, num_classes=10, num_layers=3, for_inference=True,
+                                                inference_path="bucketed")).eval()
+    fast_model.load_state_dict(model.state_dict())
+    args = (b["pf_features"], b["pf_vectors"], b["pf_mask"])
+    with torch.inference_mode():
+        assert (fast_model(*args) - model(*args)).abs().max().item() <= SOFTMAX_TOL
+
+
+def test_particle_order_does_not_matter(model_and_batch):
+    """Padding in the middle of a jet is packed away; ParT is permutation invariant, so outputs agree."""
+    model, b = model_and_batch
+    x, v, m = b["pf_features"][:16], b["pf_vectors"][:16], b["pf_mask"][:16]
+    perm = torch.randperm(x.size(-1), generator=torch.Generator().manual_seed(5))
+    xp, vp, mp = x[..., perm], v[..., perm], m[..., perm]
+    packed_x, _, packed_m = pack_real_first(xp, vp, mp)
+    assert torch.equal(packed_m, m.bool())
+    with torch.inference_mode():
+        assert (FastParT(model)(xp, vp, mp) - model(x, v, m)).abs().max().item() <= SOFTMAX_TOL
+
+
+def test_folding_conv_batchnorm_is_exact():
+    torch.manual_seed(2)
+    seq = nn.Sequential(nn.BatchNorm1d(4), nn.Conv1d(4, 16, 1), nn.BatchNorm1d(16), nn.GELU(), nn.Conv1d(16, 8, 1),
+                        nn.BatchNorm1d(8))
+    _randomise_batchnorms(seq)
+    seq.eval()
+    folded = nn.Sequential(*_fold_conv_bn(seq))
+    assert [type(m) for m in folded] == [nn.Linear, nn.GELU, nn.Linear]
+    x = torch.randn(50, 4)
+    with torch.no_grad():
+        expected = seq(x.T.unsqueeze(0)).squeeze(0).T
+        assert torch.allclose(folded(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_path_stays_close(model_and_batch):
+    """bf16 weights and activations: outputs close to fp32 (the trained-weights agreement is in profiling.bench)."""
+    model, b = model_and_batch
+    args = (b["pf_features"][:32], b["pf_vectors"][:32], b["pf_mask"][:32])
+    with torch.inference_mode():
+        got = FastParT(model, FastInferenceConfig(dtype="bf16"))(*args)
+        expected = model(*args)
+    assert got.dtype == torch.float32
+    assert (got - expected).abs().max().item() <= 0.05
+    assert next(model.parameters()).dtype == torch.float32  # the bf16 copy leaves the original untouched
