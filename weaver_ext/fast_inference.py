@@ -56,7 +56,10 @@ class FoldedPairEmbed(nn.Module):
         )
         b, i, j = pair_ok.nonzero(as_tuple=True)
         v_t = v.transpose(1, 2)  # (B, L, 4)
-        fts = self.pair_features(v_t[b, i].T.unsqueeze(0), v_t[b, j].T.unsqueeze(0))  # (1, F, P)
+        # (1, 4, P) contiguous like weaver's (B, 4, L, L): the sums inside m^2 = E^2 - p^2 cancel catastrophically
+        # for collinear pairs, so the reduction order (set by the memory layout) must match weaver's exactly
+        vi, vj = (v_t[b, idx].T.contiguous().unsqueeze(0) for idx in (i, j))
+        fts = self.pair_features(vi, vj)  # (1, F, P)
         h = fts.squeeze(0).T.to(self.layers[0].weight.dtype)  # (P, F): kinematics in fp32, then the model dtype
         for layer in self.layers:
             h = layer(h)  # (P, H) at the end
