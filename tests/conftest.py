@@ -9,6 +9,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JETCLASS_CONFIGS = REPO_ROOT / "data" / "JetClass"
+# published ParticleNet weights in shared/ beside the repository root (see ../shared/README.md)
+SHARED_MODELS = REPO_ROOT.parent / "shared" / "reference" / "particle_transformer" / "models"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from profiling import compare, forward, loading
+from tests.conftest import SHARED_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 KIN = REPO / "data" / "JetClass" / "JetClass_kin.yaml"
 WEAVER_PART = REPO / "tests" / "profiling_nets" / "weaver_part.py"
 PARTICLENET = REPO / "networks" / "particlenet.py"
-WEIGHTS = Path("/work/shared/reference/particle_transformer/models")
+WEIGHTS = SHARED_MODELS
 TINY_PART = {"embed_dims": [16, 32], "pair_embed_dims": [8, 8], "num_heads": 4, "num_layers": 2, "num_cls_layers": 1}
 REPORT_FILES = {"report.json", "report.md", "trace.json", "throughput_vs_batch.png", "latency_vs_multiplicity.png",
                 "op_breakdown.png"}

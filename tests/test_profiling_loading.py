@@ -8,14 +8,13 @@ import pytest
 import torch
 
 from profiling import loading
+from tests.conftest import SHARED_MODELS
 from weaver_ext.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "data" / "JetClass"
 PARTICLENET = REPO / "networks" / "particlenet.py"
-WEIGHTS = REPO.parent / "shared" / "reference" / "particle_transformer" / "models"
-if not WEIGHTS.is_dir():
-    WEIGHTS = Path("/work/shared/reference/particle_transformer/models")
+WEIGHTS = SHARED_MODELS
 
 
 def test_parse_network_options_like_weaver() -> None:
