@@ -117,7 +117,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert forward.main([*base, "-o", "nonsense_option", "1"]) == 2
     assert "unknown ParticleNet option" in capsys.readouterr().err
     assert forward.main([*base, "--weights", str(tmp_path / "none.pt")]) == 2
-    assert "weights file not found" in capsys.readouterr().err
+    assert "checkpoint not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variant", ["kin", pytest.param("full", marks=pytest.mark.slow)])
