@@ -15,23 +15,11 @@ WEAVER = str(Path(sys.executable).with_name("weaver"))
 
 
 def weaver_batch(files: Sequence[Path], data_config: Path, *, max_jets: int = 10_000) -> dict[str, torch.Tensor]:
-    """All jets of ``files`` as weaver's own data pipeline preprocesses them (test mode, no shuffling)."""
-    from weaver.utils.dataset import SimpleIterDataset
+    """All jets of ``files`` as weaver's own data pipeline preprocesses them, plus their labels as ``_label_``."""
+    from profiling.loading import load_real_jets
 
-    dataset = SimpleIterDataset(
-        {"": [str(f) for f in files]}, str(data_config), for_training=False, fetch_step=1.0, async_load=False
-    )
-    inputs: dict[str, list[torch.Tensor]] = {k: [] for k in dataset.config.input_names}
-    labels: list[torch.Tensor] = []
-    for count, (X, y, _) in enumerate(dataset, start=1):
-        for k in inputs:
-            inputs[k].append(torch.as_tensor(X[k]))
-        labels.append(torch.as_tensor(y[dataset.config.label_names[0]]))
-        if count >= max_jets:
-            break
-    batch = {k: torch.stack(v) for k, v in inputs.items()}
-    batch["_label_"] = torch.stack(labels)
-    return batch
+    jets = load_real_jets(files, data_config, max_jets=max_jets)
+    return {**jets.inputs, "_label_": torch.as_tensor(jets.labels)}
 
 
 def run_weaver(args: Sequence[str], *, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
