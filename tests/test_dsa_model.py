@@ -147,13 +147,20 @@ def test_bad_options_fail_with_a_message(bad):
 @pytest.mark.parametrize("mode", ["topk", "indexer"])
 @pytest.mark.parametrize("term", ["sparsity_weight", "entropy_weight"])
 def test_regulariser_reaches_the_gradient_through_the_weaver_loss(mode, term):
-    """The loss module weaver uses (AuxLoss) adds the term: its gradient differs from cross-entropy's alone."""
-    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, distill_weight=0.0, **{term: 1.0}).train()
+    """The loss module weaver uses (AuxLoss) adds the term: its gradient differs from cross-entropy's alone.
+
+    Indexer mode needs distillation or sparsity (else its scorer gets no gradient); for the entropy term there,
+    distillation stays on and only non-indexer parameters are compared (distillation trains the indexer alone).
+    """
+    entropy_with_indexer = mode == "indexer" and term == "entropy_weight"
+    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, distill_weight=float(entropy_with_indexer),
+                   **{term: 1.0}).train()
     loss_func = AuxLoss(model)
     x, v, mask = _jets()
     label = torch.arange(len(x)) % 10
     logits = model(x, v, mask)
-    params = [p for n, p in model.named_parameters() if n.startswith("blocks.0.attn")]
+    params = [p for n, p in model.named_parameters()
+              if n.startswith("blocks.0.attn") and not (entropy_with_indexer and "indexer" in n)]
     g_ce = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, label), params, retain_graph=True,
                                allow_unused=True)
     g_all = torch.autograd.grad(loss_func(logits, label), params, allow_unused=True)

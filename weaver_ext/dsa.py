@@ -77,6 +77,9 @@ class DSAConfig(ParTConfig):
                            if getattr(self, n) > 0]
             if unsupported:
                 raise ValueError(f"DSA option dsa_mode='indexer' does not support {', '.join(unsupported)} > 0")
+        if self.dsa_enabled and self.dsa_mode == "indexer" and self.distill_weight == 0 and self.sparsity_weight == 0:
+            raise ValueError("DSA dsa_mode='indexer' needs distill_weight > 0 or sparsity_weight > 0: otherwise the "
+                             "indexer gets no gradient (it never trains, and DDP fails on its unused parameters)")
         if self.dsa_enabled and self.grad_checkpoint:
             raise ValueError("DSA (dsa_enabled=True) does not support grad_checkpoint=True (selection is per forward)")
 

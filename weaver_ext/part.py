@@ -231,6 +231,9 @@ class ParticleTransformer(nn.Module):
         """The dense pair-interaction bias (B, H, L, L), or None without pair inputs."""
         if (v is None and uu is None) or self.pair_embed is None:
             return None
+        if not mask.any():  # only empty jets: no pair to embed (weaver's sparse PairEmbed fails on zero pairs)
+            ref = v if v is not None else uu
+            return ref.new_zeros(mask.size(0), self.pair_embed.out_dim, mask.size(-1), mask.size(-1))
         return self.pair_embed(v, uu=uu, mask=mask)
 
     def encode_trimmed(
