@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from weaver.nn.model.ParticleNet import ParticleNet
 
+from weaver_ext.network import jet_model_info
+
 # published JetClass ParticleNet (particle_transformer repository): three EdgeConv blocks, no fusion block
 JETCLASS_CONV_PARAMS = [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))]
 JETCLASS_FC_PARAMS = [(256, 0.1)]
@@ -42,12 +44,37 @@ def parse_options(options: dict[str, Any]) -> ParticleNetOptions:
     return ParticleNetOptions(**options)
 
 
+class MinLengthTrimmer(torch.nn.Module):
+    """weaver's SequenceTrimmer, but never shorter than ``min_length`` slots (re-padded with masked zeros).
+
+    ParticleNet's k-nearest-neighbour search needs at least k + 1 slots; weaver's trimmer cuts a batch to its
+    longest jet, which fails when every jet in the batch has <= k particles (e.g. ``--predict --batch-size 1``).
+    """
+
+    def __init__(self, trimmer: torch.nn.Module, min_length: int) -> None:
+        super().__init__()
+        self.trimmer = trimmer
+        self.min_length = min_length
+
+    def forward(self, x, v=None, mask=None, uu=None):  # same signature as weaver's SequenceTrimmer
+        full_length = x.size(-1)
+        x, v, mask, uu = self.trimmer(x, v, mask, uu)
+        missing = min(self.min_length, full_length) - x.size(-1)
+        if missing > 0:
+            x = torch.nn.functional.pad(x, (0, missing))
+            mask = torch.nn.functional.pad(mask, (0, missing))
+            v = None if v is None else torch.nn.functional.pad(v, (0, missing))
+        return x, v, mask, uu
+
+
 class ParticleNetWrapper(torch.nn.Module):
     """Adapts weaver's inputs (points, features, lorentz_vectors, mask) to ``ParticleNet(points, fts, mask)``."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self.mod = ParticleNet(**kwargs)
+        max_k = max(k for k, _ in kwargs["conv_params"])
+        self.mod.trimmer = MinLengthTrimmer(self.mod.trimmer, max_k + 1)
 
     def forward(
         self, points: torch.Tensor, features: torch.Tensor, lorentz_vectors: torch.Tensor, mask: torch.Tensor
@@ -71,13 +98,7 @@ def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[st
         use_amp=opts.use_amp,
         compile_model=opts.compile_model,
     )
-    input_names = list(data_config.input_names)
-    model_info = {
-        "input_names": input_names,
-        "input_shapes": {k: ((1,) + tuple(s[1:])) for k, s in data_config.input_shapes.items()},
-        "output_names": ["softmax"],
-        "dynamic_axes": {**{k: {0: "N", 2: "n_" + k.split("_")[0]} for k in input_names}, "softmax": {0: "N"}},
-    }
+    model_info = jet_model_info(data_config)
     return model, model_info
 
 

@@ -86,17 +86,13 @@ def test_batch_of_only_empty_jets_in_eval(kin_config):
     assert torch.isfinite(out).all()
 
 
-PNET_SMALL_BATCH_BUG = (
-    "weaver-core ParticleNet (trim=True): after 5 warm-up calls SequenceTrimmer cuts the batch to its longest jet; "
-    "when that is <= k (16 for JetClass) knn's topk(k+1) fails ('selected index k out of range'), e.g. --predict "
-    "with --batch-size 1 on a small jet. Fix: networks/particlenet.py ParticleNetWrapper.__init__ wraps "
-    "self.mod.trimmer so the trimmed length is at least min(max_k + 1, input length)")
-
-
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=PNET_SMALL_BATCH_BUG)
 @pytest.mark.parametrize("multiplicity", [0, 3], ids=["all_empty", "all_below_k"])
 def test_particlenet_batch_of_jets_with_at_most_k_particles(kin_config, multiplicity):
-    """k = 4 here (TINY_PNET); the published JetClass ParticleNet has k = 16."""
+    """k = 4 here (TINY_PNET); the published JetClass ParticleNet has k = 16.
+
+    weaver-core's trimmer would cut such a batch below k + 1 slots and its kNN fails ('selected index k out of
+    range'); networks/particlenet.py keeps at least k + 1 slots (MinLengthTrimmer).
+    """
     x = synthetic_inputs(kin_config, batch_size=2, multiplicity=max(multiplicity, 1), seed=3, length=24)
     inputs = [x[k].clone() for k in kin_config.input_names]
     if multiplicity == 0:
