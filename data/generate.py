@@ -162,18 +162,7 @@ def generate_dataset(
     eta_max: float = 2.0,
 ) -> list[Path]:
     """classes="all" or a list / comma string of short names. Returns the ROOT files (sorted)."""
-    paths, _ = generate_dataset_with_stats(
-        classes=classes,
-        jets_per_class=jets_per_class,
-        out_dir=out_dir,
-        seed=seed,
-        workers=workers,
-        jets_per_file=jets_per_file,
-        progress=progress,
-        pt_range=pt_range,
-        eta_max=eta_max,
-    )
-    return paths
+    return generate_dataset_with_stats(**locals())[0]
 
 
 def generate_dataset_with_stats(

@@ -323,6 +323,8 @@ class ParticleTransformer(nn.Module):
         if self.use_fast_inference(uu, uu_idx):
             from .fast_inference import FastInferenceConfig, FastParT
 
+            # built per call on purpose: folding a few small matrices costs microseconds and can never go stale
+            # after load_state_dict (the bf16 option also copies the weights per call: ~10 ms per batch)
             fast_cfg = FastInferenceConfig(bucket_size=self.cfg.bucket_size, dtype=self.cfg.inference_dtype)
             return FastParT(self, fast_cfg)(x, v, mask)
         tokens, padding_mask, _ = self.encode(x, v, mask, uu, uu_idx)
