@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from profiling.metrics import rejection_text
+
 HEADERS = ["run", "model", "params", "MMAC/jet", "batch", "latency [ms]", "jets/s", "peak RSS [MiB]",
            "accuracy", "macro AUC", "1/eB Tbqq", "1/eB Hbb"]
 
@@ -42,7 +44,8 @@ def load_run(run_dir: str | Path, metrics_path: str | Path | None = None) -> dic
     if mpath.is_file():
         m = json.loads(mpath.read_text())
         row.update(accuracy=m.get("accuracy"), macro_auc=m.get("macro_auc"),
-                   rejection={k: v["rejection"] for k, v in m.get("rejection", {}).items()})
+                   rejection={k: v["rejection"] for k, v in m.get("rejection", {}).items()},
+                   rejection_text={k: rejection_text(v) for k, v in m.get("rejection", {}).items()})
     return row
 
 
@@ -58,11 +61,11 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of the runs."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for r in rows:
-        rej = r.get("rejection", {})
+        rej = r.get("rejection_text", {})
         cells = [r["run"], r["model"], f"{r['params']:,}", _cell(r["macs_per_jet"] / 1e6, ".1f"), str(r["batch"]),
                  _cell(r["latency_ms"], ".2f"), _cell(r["jets_per_s"], ".1f"), _cell(r["peak_memory_mb"], ".0f"),
                  _cell(r.get("accuracy"), ".4f"), _cell(r.get("macro_auc"), ".4f"),
-                 _cell(rej.get("Tbqq"), ".1f"), _cell(rej.get("Hbb"), ".1f")]
+                 _cell(rej.get("Tbqq"), ""), _cell(rej.get("Hbb"), "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

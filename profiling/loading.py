@@ -175,7 +175,8 @@ def load_real_jets(files: Sequence[str | Path], data_config_path: str | Path, *,
     for X, y, _z in dataset:
         for k in names:
             chunks[k].append(np.asarray(X[k]))
-        labels.append(int(y[cfg.label_names[0]]) if cfg.label_names else -1)
+        label = y[cfg.label_names[0]] if cfg.label_names else -1
+        labels.append(int(label) if np.ndim(label) == 0 else -1)  # regression targets: no class index
         if len(labels) >= max_jets:
             break
     if not labels:

@@ -123,12 +123,21 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def rejection_text(r: dict[str, Any]) -> str:
+    """1/eB for a table; when no background jet passes only a lower bound is known: '> N_background'."""
+    value = r["rejection"]
+    if value == "inf" or (isinstance(value, float) and math.isinf(value)):
+        return f"> {r['n_background']}"
+    return f"{value:.1f}"
+
+
 def format_metrics(m: dict[str, Any]) -> str:
     """Terminal table."""
     auc = "n/a" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
     lines = [f"{m['n_jets']} jets: accuracy {m['accuracy']:.4f}, macro AUC {auc}"]
     for name, r in m["rejection"].items():
-        lines.append(f"  {name:>5} vs QCD: 1/eB = {r['rejection']:.1f} at eS = {r['signal_efficiency']:.1%}")
+        note = " (no QCD jet passes: too few background jets to measure)" if rejection_text(r).startswith(">") else ""
+        lines.append(f"  {name:>5} vs QCD: 1/eB = {rejection_text(r)} at eS = {r['signal_efficiency']:.1%}{note}")
     return "\n".join(lines)
 
 

@@ -53,6 +53,10 @@ def test_metrics_hand_computed(tmp_path: Path) -> None:
     assert m["rejection"]["Hbb"]["signal_efficiency"] == 0.5
     assert m["rejection"]["Hbb"]["rejection"] == pytest.approx(4.0)
     assert math.isinf(m["rejection"]["Tbqq"]["rejection"])  # no QCD jet passes: eB = 0
+    n_qcd = m["rejection"]["Tbqq"]["n_background"]
+    assert metrics.rejection_text(m["rejection"]["Tbqq"]) == f"> {n_qcd}"  # only a lower bound is known
+    assert f"1/eB = > {n_qcd} at" in metrics.format_metrics(m)
+    assert metrics.rejection_text(m["rejection"]["Hbb"]) == "4.0"
     assert set(m["rejection"]) == {"Hbb", "Tbqq"}
 
 
@@ -76,6 +80,7 @@ def test_metrics_cli_and_compare_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert row["accuracy"] == pytest.approx(0.8) and row["rejection"]["Hbb"] == pytest.approx(4.0)
     text = compare.table([row])
     assert "| run | Toy | 1,234 | 2.5 | 8 | 4.00 | 2000.0 | 300 | 0.8000 |" in text
+    assert text.rstrip().endswith("| > 4 | 4.0 |")  # Tbqq: no QCD jet passes, so only a lower bound
 
 
 def test_metrics_errors(tmp_path: Path) -> None:

@@ -5,7 +5,12 @@ Two modes (``DSAConfig.dsa_mode``):
 - ``topk``: faithful. Full scores ``q.k^T * scale + pair bias``; each query keeps its k highest-scoring real keys;
   softmax over the kept set (the others are -inf). Cost is that of dense ParT (N x N), the output is sparse.
 - ``indexer``: sub-quadratic core. A cheap scorer (a few low-dimensional ReLU heads, as DeepSeek-V3.2's lightning
-  indexer) picks the top-k keys per query, chunked over queries so no N x N tensor is ever held. The main attention
+  indexer) picks the top-k keys per query, chunked over queries so no N x N tensor is ever held. For long inputs the
+  selection has two stages so that it does not score all N x N pairs either: keys are cut into contiguous blocks of
+  ``indexer_block_size``; each query scores every block by an upper bound of the indexer score of any key inside it
+  (per-dimension min/max of the block's indexer keys, as in Quest) and only the keys of its best ``indexer_blocks``
+  blocks are scored exactly: O(N x (N / block + blocks x block)) instead of O(N^2). When those blocks would cover
+  every key the exhaustive single-stage selection is used (identical result, less work). The main attention
   and ParT's pairwise interaction features (pair kinematics + PairEmbed's Conv1d/BN stack as a per-pair MLP) are
   computed only for the selected (i, j) pairs: memory grows as N x k. The scorer is trained by distillation (KL from
   the detached main attention over the selected keys to the scorer's softmax over the same keys).
@@ -53,6 +58,8 @@ class DSAConfig(ParTConfig):
     topk: int | None = None  # fixed number of kept keys per query (overrides the ratio and schedule)
     indexer_heads: int = 2
     indexer_dim: int = 16
+    indexer_block_size: int = 64  # keys per block of the two-stage selection (contiguous in input order)
+    indexer_blocks: int | None = None  # blocks kept per query (None: max(8, ceil(4 k / block size)))
 
     def __post_init__(self) -> None:
         for name in ("sparsity_ratio", "target_sparsity"):
@@ -68,6 +75,9 @@ class DSAConfig(ParTConfig):
                 raise ValueError(f"DSA option {name}={getattr(self, name)} must be >= 0")
         if self.indexer_heads < 1 or self.indexer_dim < 1:
             raise ValueError("DSA options indexer_heads and indexer_dim must be >= 1")
+        if self.indexer_block_size < 1 or (self.indexer_blocks is not None and self.indexer_blocks < 1):
+            raise ValueError(f"DSA options indexer_block_size={self.indexer_block_size} and "
+                             f"indexer_blocks={self.indexer_blocks} must be >= 1")
         if self.dsa_layers is not None:
             bad = [i for i in self.dsa_layers if not 0 <= i < self.num_layers]
             if bad:
@@ -116,7 +126,8 @@ class DSAContext:
     ratio: float
     topk: int | None
     collect: bool  # training forward: compute auxiliary losses and statistics
-    pair_fn: Callable[[Tensor, Tensor], Tensor] | None = None  # (idx (B,L,K), valid (B,L,K)) -> bias (B,H,L,K)
+    # (idx (B, Lq, K), valid (B, Lq, K), first query) -> bias (B, H, Lq, K)
+    pair_fn: Callable[[Tensor, Tensor, int], Tensor] | None = None
     aux: dict[str, list[Tensor]] = field(default_factory=lambda: {n: [] for n in AUX_NAMES})
 
 
@@ -161,10 +172,60 @@ def _indexer_lse(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None) -> Tensor:
     return torch.logsumexp(_indexer_scores(q, k, w, pad), dim=-1)
 
 
+def block_key_bounds(k: Tensor, pad: Tensor | None, block: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Element-wise max and min of the real indexer keys of each block of ``block`` consecutive keys.
+
+    k (B, N, d) -> kmax, kmin (B, nb, d) (0 for blocks without a real key) and empty (B, nb).
+    """
+    batch, length, dim = k.shape
+    nblocks = -(-length // block)
+    missing = pad if pad is not None else torch.zeros(batch, length, dtype=torch.bool, device=k.device)
+    extra = nblocks * block - length
+    if extra:
+        k = F.pad(k, (0, 0, 0, extra))
+        missing = F.pad(missing, (0, extra), value=True)
+    keys = k.view(batch, nblocks, block, dim)
+    miss = missing.view(batch, nblocks, block, 1)
+    empty = miss.all(2)  # (B, nb, 1)
+    kmax = keys.masked_fill(miss, float("-inf")).amax(2).masked_fill(empty, 0.0)
+    kmin = keys.masked_fill(miss, float("inf")).amin(2).masked_fill(empty, 0.0)
+    return kmax, kmin, empty.squeeze(-1)
+
+
+def block_score_bound(q: Tensor, w: Tensor, kmax: Tensor, kmin: Tensor, empty: Tensor) -> Tensor:
+    """Upper bound of the indexer score of every key of each block: q (B, h, c, d) -> (B, c, nb), -inf if empty.
+
+    Per head, q.k over a block lies in [q+.kmin + q-.kmax, q+.kmax + q-.kmin] (q+ = max(q, 0), q- = min(q, 0));
+    ReLU is monotonic, so w_h ReLU(upper) bounds a head with w_h >= 0 and w_h ReLU(lower) one with w_h < 0.
+    """
+    qp, qn = q.clamp(min=0), q.clamp(max=0)
+    kmax_t, kmin_t = kmax.transpose(1, 2).unsqueeze(1), kmin.transpose(1, 2).unsqueeze(1)  # (B, 1, d, nb)
+    upper = qp @ kmax_t + qn @ kmin_t
+    lower = qp @ kmin_t + qn @ kmax_t
+    bound = torch.where(w >= 0, w * upper.relu(), w * lower.relu()).sum(1)
+    return bound.masked_fill(empty[:, None, :], float("-inf"))
+
+
+def _candidate_scores(q: Tensor, k: Tensor, w: Tensor, cand: Tensor, cand_out: Tensor) -> Tensor:
+    """Exact indexer scores of each query's candidate keys cand (B, c, C): (B, c, C), -inf where ``cand_out``."""
+    s = q.transpose(1, 2) @ _gather_keys(k, cand).transpose(-1, -2)  # (B, c, h, C)
+    s = (F.relu(s) * w.transpose(1, 2)).sum(2)
+    return s.masked_fill(cand_out, float("-inf"))
+
+
+def _candidate_lse(q: Tensor, k: Tensor, w: Tensor, cand: Tensor, cand_out: Tensor) -> Tensor:
+    return torch.logsumexp(_candidate_scores(q, k, w, cand, cand_out), dim=-1)
+
+
 def _gather_keys(x: Tensor, idx: Tensor) -> Tensor:
-    """x (B, L, ...) gathered at idx (B, Lq, K) -> (B, Lq, K, ...)."""
-    bidx = torch.arange(x.size(0), device=x.device).view(-1, 1, 1)
-    return x[bidx, idx]
+    """x (B, L, ...) gathered at idx (B, Lq, K) -> (B, Lq, K, ...).
+
+    One ``index_select`` on the flattened batch: several times faster on CPU than advanced indexing ``x[b, idx]``.
+    """
+    batch, length = x.shape[:2]
+    offsets = (torch.arange(batch, device=x.device) * length).view(-1, *([1] * (idx.dim() - 1)))
+    rows = x.reshape(batch * length, *x.shape[2:]).index_select(0, (idx + offsets).reshape(-1))
+    return rows.view(*idx.shape, *x.shape[2:])
 
 
 def topk_keep_mask(scores: Tensor, kb: Tensor, pad: Tensor | None) -> Tensor:
@@ -198,11 +259,12 @@ class DSAAttention(MultiheadAttention):
     """Self-attention over the top-k keys per query (``topk`` or ``indexer`` selection, see the module doc)."""
 
     def __init__(self, embed_dim: int, num_heads: int, *, dropout: float, mode: str, indexer_heads: int,
-                 indexer_dim: int, backend: str = "math") -> None:
+                 indexer_dim: int, block_size: int = 64, blocks: int | None = None, backend: str = "math") -> None:
         super().__init__(embed_dim, num_heads, dropout=dropout, backend=backend)
         if mode not in ("topk", "indexer"):
             raise ValueError(f"dsa_mode={mode!r}; valid modes are 'topk', 'indexer'")
         self.mode = mode
+        self.block_size, self.blocks = block_size, blocks
         self.indexer = LightningIndexer(embed_dim, heads=indexer_heads, dim=indexer_dim) if mode == "indexer" else None
         self.ctx: DSAContext | None = None
         self._x: Tensor | None = None
@@ -271,71 +333,129 @@ class DSAAttention(MultiheadAttention):
             self._record(ctx, real_query, kept=kept.expand(-1, q.size(-2)), entropy=entropy, mass=mass, distill=None)
         return self._dropout(weights) @ v
 
+    def blocks_per_query(self, kmax: int) -> int:
+        """Blocks kept per query by the first selection stage (enough to hold 4 k keys, at least 8)."""
+        return self.blocks if self.blocks is not None else max(8, -(-4 * kmax // self.block_size))
+
     def _select(
         self, pad: Tensor | None, kmax: int, collect: bool
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None]:
-        """Indexer top-k keys per query, chunked over queries: idx (B, L, K), (q, k, w), full-row lse (B, L)."""
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor], Tensor | None]:
+        """Indexer top-k keys per query, chunked over queries.
+
+        Returns idx (B, L, K), found (B, L, K) (False where fewer than K real keys were available), the indexer
+        projections (q, k, w) and, when ``collect``, the log-sum-exp of the indexer scores over the keys scored
+        (all keys, or the candidate blocks' keys in two-stage mode) for the mass-kept statistic.
+        """
         x = self._x.detach()  # the indexer trains only through its own losses (as in DeepSeek-V3.2)
         iq, ik, iw = self.indexer.project(x)
-        batch, heads, length, _ = iq.shape
-        budget = _INDEXER_CHUNK_ELEMENTS
-        chunk = max(1, min(length, budget // max(1, batch * heads * length)))
-        idx_parts, lse_parts = [], []
+        batch, heads, length, dim = iq.shape
         pad_or_none = pad if pad is not None and bool(pad.any()) else None
+        nblocks, block = self.blocks_per_query(kmax), self.block_size
+        two_stage = nblocks * block < length
+        if two_stage:
+            kmax_blk, kmin_blk, empty = block_key_bounds(ik, pad_or_none, block)
+            offsets = torch.arange(block, device=ik.device)
+            per_query = batch * (max(heads, dim) * nblocks * block + heads * kmax_blk.size(1))
+        else:
+            per_query = batch * heads * length
+        chunk = max(1, min(length, _INDEXER_CHUNK_ELEMENTS // max(1, per_query)))
+        idx_parts, found_parts, lse_parts = [], [], []
         for start in range(0, length, chunk):
-            sl = slice(start, start + chunk)
+            q, w = iq[:, :, start:start + chunk], iw[:, :, start:start + chunk]
             with torch.no_grad():
-                s = _indexer_scores(iq[:, :, sl], ik, iw[:, :, sl], pad_or_none)
-                idx_parts.append(s.topk(kmax, dim=-1).indices)
-            if collect:
-                lse_parts.append(checkpoint(_indexer_lse, iq[:, :, sl], ik, iw[:, :, sl], pad, use_reentrant=False))
+                if two_stage:
+                    best = block_score_bound(q, w, kmax_blk, kmin_blk, empty).topk(nblocks, dim=-1).indices
+                    cand = (best.unsqueeze(-1) * block + offsets).flatten(2)  # (B, c, nblocks * block)
+                    cand_out = cand >= length
+                    cand = cand.clamp(max=length - 1)
+                    if pad_or_none is not None:
+                        cand_out |= _gather_keys(pad_or_none, cand)
+                    top = _candidate_scores(q, ik, w, cand, cand_out).topk(kmax, dim=-1)
+                    idx_parts.append(cand.gather(-1, top.indices))
+                else:
+                    top = _indexer_scores(q, ik, w, pad_or_none).topk(kmax, dim=-1)
+                    idx_parts.append(top.indices)
+                found_parts.append(torch.isfinite(top.values))
+            if collect and two_stage:
+                lse_parts.append(checkpoint(_candidate_lse, q, ik, w, cand, cand_out, use_reentrant=False))
+            elif collect:
+                lse_parts.append(checkpoint(_indexer_lse, q, ik, w, pad, use_reentrant=False))
         lse = torch.cat(lse_parts, dim=1) if collect else None
-        return torch.cat(idx_parts, dim=1), (iq, ik, iw), lse
+        return torch.cat(idx_parts, dim=1), torch.cat(found_parts, dim=1), (iq, ik, iw), lse
 
     def _attend_indexer(self, q: Tensor, k: Tensor, v: Tensor, pad: Tensor | None, kb: Tensor, n_real: Tensor,
                         real_query: Tensor | None, ctx: DSAContext) -> Tensor:
         if self._x is None:
             raise RuntimeError("DSAAttention(mode='indexer').attend needs the block input: call the module itself")
         kmax = int(kb.max())
-        idx, (iq, ik, iw), lse = self._select(pad, kmax, ctx.collect)
-        valid = torch.arange(kmax, device=q.device).view(1, 1, -1) < kb.view(-1, 1, 1)  # (B, 1, K)
-        valid = valid.expand(-1, q.size(-2), -1)
-        k_sel = _gather_keys(k.transpose(1, 2), idx)  # (B, L, K, H, D)
-        v_sel = _gather_keys(v.transpose(1, 2), idx)
-        scores = torch.einsum("bhld,blkhd->bhlk", q * (1.0 / math.sqrt(q.size(-1))), k_sel)
-        if ctx.pair_fn is not None:
-            scores = scores + ctx.pair_fn(idx, valid)
-        scores = scores.masked_fill(~valid[:, None], float("-inf"))
-        weights = torch.softmax(scores, dim=-1)
-        if ctx.collect:
-            i_sel = (F.relu(torch.einsum("bhld,blkd->bhlk", iq, _gather_keys(ik, idx))) * iw).sum(1)
-            i_sel = i_sel.masked_fill(~valid, float("-inf"))
-            log_p_index = torch.log_softmax(i_sel, dim=-1)
-            target = weights.detach().mean(1)  # main attention over the selected keys, averaged over heads
-            kl = (torch.special.xlogy(target, target) - target * log_p_index.masked_fill(~valid, 0.0)).sum(-1)
-            mass = _masked_mean(torch.exp(torch.logsumexp(i_sel, dim=-1) - lse), real_query)
-            kept = kb.to(q.dtype).view(-1, 1) / n_real.clamp(min=1).to(q.dtype).view(-1, 1)
-            self._record(ctx, real_query, kept=kept.expand(-1, q.size(-2)),
-                         entropy=_masked_mean(_entropy(weights), real_query), mass=mass,
-                         distill=_masked_mean(kl, real_query))
-        return torch.einsum("bhlk,blkhd->bhld", self._dropout(weights), v_sel)
+        idx, found, (iq, ik, iw), lse = self._select(pad, kmax, ctx.collect)
+        rank = torch.arange(kmax, device=q.device).view(1, 1, -1)
+        # the jet's own k keys, all real; the first is always kept (finite outputs even for an empty jet)
+        valid = (rank < kb.view(-1, 1, 1)) & (found | (rank == 0))  # (B, L, K)
+        q = q * (1.0 / math.sqrt(q.size(-1)))
+        batch, heads, length, dim = q.shape
+        # inference runs over query chunks so every gathered (chunk, K) tensor stays small (time linear in N);
+        # a training forward is one chunk (its statistics and the pair BatchNorm need all queries at once)
+        chunk = length if ctx.collect else max(1, _INDEXER_CHUNK_ELEMENTS // max(1, batch * heads * kmax * dim))
+        outputs = []
+        for start in range(0, length, chunk):
+            rows = slice(start, start + chunk)
+            k_sel = _gather_heads(k, idx[:, rows])  # (B, H, c, K, D)
+            scores = (q[:, :, rows].unsqueeze(-2) @ k_sel.transpose(-1, -2)).squeeze(-2)  # (B, H, c, K)
+            if ctx.pair_fn is not None:
+                scores = scores + ctx.pair_fn(idx[:, rows], valid[:, rows], start)
+            weights = torch.softmax(scores.masked_fill(~valid[:, None, rows], float("-inf")), dim=-1)
+            if ctx.collect:
+                self._record_indexer(ctx, weights, idx, valid, (iq, ik, iw), lse, kb, n_real, real_query)
+            v_sel = _gather_heads(v, idx[:, rows])
+            outputs.append((self._dropout(weights).unsqueeze(-2) @ v_sel).squeeze(-2))  # (B, H, c, D)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+    def _record_indexer(self, ctx: DSAContext, weights: Tensor, idx: Tensor, valid: Tensor,
+                        indexer: tuple[Tensor, Tensor, Tensor], lse: Tensor, kb: Tensor, n_real: Tensor,
+                        real_query: Tensor | None) -> None:
+        """Distillation KL (main attention -> indexer over the selected keys), mass kept, entropy of a forward."""
+        iq, ik, iw = indexer
+        i_sel = (F.relu(torch.einsum("bhld,blkd->bhlk", iq, _gather_keys(ik, idx))) * iw).sum(1)
+        i_sel = i_sel.masked_fill(~valid, float("-inf"))
+        log_p_index = torch.log_softmax(i_sel, dim=-1)
+        target = weights.detach().mean(1)  # main attention over the selected keys, averaged over heads
+        kl = (torch.special.xlogy(target, target) - target * log_p_index.masked_fill(~valid, 0.0)).sum(-1)
+        scored = torch.isfinite(lse)  # False only for a jet without real particles
+        mass = torch.exp(torch.logsumexp(i_sel, dim=-1) - torch.where(scored, lse, torch.zeros_like(lse)))
+        mass = _masked_mean(mass.masked_fill(~scored, 1.0), real_query)
+        kept = kb.to(weights.dtype).view(-1, 1) / n_real.clamp(min=1).to(weights.dtype).view(-1, 1)
+        self._record(ctx, real_query, kept=kept.expand(-1, idx.size(1)),
+                     entropy=_masked_mean(_entropy(weights), real_query), mass=mass,
+                     distill=_masked_mean(kl, real_query))
 
 
-def selected_pair_bias(pair_embed: PairEmbed, v: Tensor, mask: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
-    """ParT's interaction bias for the selected pairs only: (B, H, L, K), zero where not computed.
+def _gather_heads(x: Tensor, idx: Tensor) -> Tensor:
+    """Per-head rows x (B, H, L, D) gathered at the same idx (B, Lq, K) for every head -> (B, H, Lq, K, D)."""
+    batch, heads, length, dim = x.shape
+    per_head = idx.unsqueeze(1).expand(-1, heads, -1, -1).reshape(batch * heads, *idx.shape[1:])
+    return _gather_keys(x.reshape(batch * heads, length, dim), per_head).view(batch, heads, *idx.shape[1:], dim)
+
+
+def selected_pair_bias(pair_embed: PairEmbed, v: Tensor, mask: Tensor, idx: Tensor, valid: Tensor,
+                       start: int = 0) -> Tensor:
+    """ParT's interaction bias for the selected pairs of queries start..start+Lq only: (B, H, Lq, K), zero elsewhere.
 
     Pair kinematics of (i, idx[i, r]) go through PairEmbed's BatchNorm/Conv1d stack as a per-pair MLP on the real
-    selected pairs (as weaver's sparse path does for all real pairs), so memory is O(L x K).
+    selected pairs (as weaver's sparse path does for all real pairs), so memory is O(Lq x K).
     """
-    batch, _, length = v.shape
-    vi = v.unsqueeze(-1).expand(-1, -1, -1, idx.size(-1))  # (B, 4, L, K)
-    vj = _gather_keys(v.transpose(1, 2), idx).permute(0, 3, 1, 2)  # (B, 4, L, K)
-    fts = pair_embed.pairwise_lv_fts(vi, vj)  # (B, C, L, K)
-    use = valid & mask.squeeze(1).unsqueeze(-1)  # real query, kept rank (keys are real by construction)
+    batch, queries = idx.shape[:2]
+    rows = slice(start, start + queries)
+    vi = v[:, :, rows].unsqueeze(-1).expand(-1, -1, -1, idx.size(-1))  # (B, 4, Lq, K)
+    vj = _gather_keys(v.transpose(1, 2), idx).permute(0, 3, 1, 2)  # (B, 4, Lq, K)
+    fts = pair_embed.pairwise_lv_fts(vi, vj)  # (B, C, Lq, K)
+    use = valid & mask[:, 0, rows].unsqueeze(-1).bool()  # real query, kept rank (keys are real by construction)
     if pair_embed.remove_self_pair:
-        use = use & (idx != torch.arange(length, device=idx.device).view(1, -1, 1))
+        use = use & (idx != torch.arange(start, start + queries, device=idx.device).view(1, -1, 1))
+    if not bool(use.any()):  # only padded queries here: the Conv1d stack cannot run on zero pairs
+        return fts.new_zeros(batch, pair_embed.out_dim, queries, idx.size(-1))
     elements = pair_embed.embed(fts.permute(0, 2, 3, 1)[use].T.unsqueeze(0)).squeeze(0).T  # (M, H)
-    out = elements.new_zeros(batch, length, idx.size(-1), elements.size(-1))
+    out = elements.new_zeros(batch, queries, idx.size(-1), elements.size(-1))
     out[use] = elements
     return out.permute(0, 3, 1, 2)
 
@@ -361,7 +481,8 @@ class DSAParticleTransformer(ParticleTransformer):
         if cls_block or index not in cfg.sparse_layers:
             return super().make_attention(index, cls_block=cls_block)
         return DSAAttention(cfg.embed_dim, cfg.num_heads, dropout=cfg.block_config().attn_dropout, mode=cfg.dsa_mode,
-                            indexer_heads=cfg.indexer_heads, indexer_dim=cfg.indexer_dim)
+                            indexer_heads=cfg.indexer_heads, indexer_dim=cfg.indexer_dim,
+                            block_size=cfg.indexer_block_size, blocks=cfg.indexer_blocks)
 
     def sparse_attentions(self) -> list[tuple[int, DSAAttention]]:
         """(block index, module) of every sparse attention."""
@@ -420,8 +541,8 @@ class DSAParticleTransformer(ParticleTransformer):
         if self.cfg.dsa_mode == "indexer" and v is not None:
             pair_embed = self.pair_embed
             if pair_embed is not None:
-                def pair_fn(idx: Tensor, valid: Tensor) -> Tensor:
-                    return selected_pair_bias(pair_embed, v, mask, idx, valid)
+                def pair_fn(idx: Tensor, valid: Tensor, start: int) -> Tensor:
+                    return selected_pair_bias(pair_embed, v, mask, idx, valid, start)
                 ctx.pair_fn = pair_fn
         sparse = self.sparse_attentions()
         for _, attn in sparse:
