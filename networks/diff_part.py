@@ -8,12 +8,23 @@ import torch
 
 from weaver_ext.diff_attention import DiffParTConfig, DiffParticleTransformer
 from weaver_ext.network import build_part_tagger
+from weaver_ext.reproducibility import apply_seed_option, seed_option
+from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
 
 
 def get_model(data_config, **kwargs):
-    return build_part_tagger(data_config, kwargs, where="networks/diff_part.py", config_cls=DiffParTConfig,
+    return build_part_tagger(data_config, apply_seed_option(kwargs),
+                             where="networks/diff_part.py", config_cls=DiffParTConfig,
                              model_cls=DiffParticleTransformer)
 
 
 def get_loss(data_config, **kwargs):
     return torch.nn.CrossEntropyLoss()
+
+
+def get_train_fn(data_config, **kwargs):
+    return make_train_fn("classification", seed=seed_option(kwargs))
+
+
+def get_evaluate_fn(data_config, **kwargs):
+    return make_evaluate_fn("classification", seed=seed_option(kwargs))

@@ -3,17 +3,19 @@
 Every option of ``weaver_ext.dsa.DSAConfig`` (ParT's plus the DSA ones) is settable with ``-o KEY VALUE``
 (strings need inner quotes: ``-o dsa_mode "'indexer'"``). With ``dsa_enabled`` False (the default) this is ParT.
 The loss adds the model's DSA regularisers and indexer distillation; DSA statistics are logged every epoch.
+``-o seed N`` makes training reproducible and ``--load-epoch`` exact (weaver_ext/reproducibility.py).
 """
 
 from weaver_ext.dsa import DSAConfig, DSAParticleTransformer
 from weaver_ext.network import build_part_tagger
+from weaver_ext.reproducibility import apply_seed_option, seed_option
 from weaver_ext.weaver_hooks import bind_loss, make_evaluate_fn, make_train_fn, register_model
 
 WHERE = "networks/dsa_part.py"
 
 
 def get_model(data_config, **kwargs):
-    model, info = build_part_tagger(data_config, kwargs, where=WHERE, config_cls=DSAConfig,
+    model, info = build_part_tagger(data_config, apply_seed_option(kwargs), where=WHERE, config_cls=DSAConfig,
                                     model_cls=DSAParticleTransformer)
     register_model(model)
     return model, info
@@ -24,8 +26,8 @@ def get_loss(data_config, **kwargs):
 
 
 def get_train_fn(data_config, **kwargs):
-    return make_train_fn(kwargs.get("task", "classification"))
+    return make_train_fn(kwargs.get("task", "classification"), seed=seed_option(kwargs))
 
 
 def get_evaluate_fn(data_config, **kwargs):
-    return make_evaluate_fn(kwargs.get("task", "classification"))
+    return make_evaluate_fn(kwargs.get("task", "classification"), seed=seed_option(kwargs))

@@ -1,17 +1,28 @@
 """ParticleTransformer (ParT) for weaver: ``weaver --network-config networks/part.py``.
 
 Every option of ``weaver_ext.part.ParTConfig`` is settable with ``-o KEY VALUE`` (strings need inner quotes,
-``-o attn_backend "'math'"``); an unknown option is an error that lists the valid ones.
+``-o attn_backend "'math'"``); an unknown option is an error that lists the valid ones. ``-o seed N`` makes
+training reproducible and ``--load-epoch`` exact (weaver_ext/reproducibility.py).
 """
 
 import torch
 
 from weaver_ext.network import build_part_tagger
+from weaver_ext.reproducibility import apply_seed_option, seed_option
+from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
 
 
 def get_model(data_config, **kwargs):
-    return build_part_tagger(data_config, kwargs, where="networks/part.py")
+    return build_part_tagger(data_config, apply_seed_option(kwargs), where="networks/part.py")
 
 
 def get_loss(data_config, **kwargs):
     return torch.nn.CrossEntropyLoss()
+
+
+def get_train_fn(data_config, **kwargs):
+    return make_train_fn("classification", seed=seed_option(kwargs))
+
+
+def get_evaluate_fn(data_config, **kwargs):
+    return make_evaluate_fn("classification", seed=seed_option(kwargs))

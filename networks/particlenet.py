@@ -2,7 +2,8 @@
 
 Usage: ``weaver --network-config networks/particlenet.py -o conv_params "[(16,(64,64,64))]" ...``. The module tree
 (``mod.`` prefix around weaver-core's ``ParticleNet``) matches the published ``ParticleNet_{kin,kinpid,full}.pt``
-state_dicts so that they load with strict key matching.
+state_dicts so that they load with strict key matching. ``-o seed N`` makes training reproducible and
+``--load-epoch`` exact (weaver_ext/reproducibility.py).
 """
 
 import dataclasses
@@ -12,7 +13,9 @@ from typing import Any
 import torch
 from weaver.nn.model.ParticleNet import ParticleNet
 
-from weaver_ext.network import jet_model_info
+from weaver_ext.network import CountsNonFinite, NonFiniteMask, jet_model_info, nonfinite_mask
+from weaver_ext.reproducibility import apply_seed_option, seed_option, without_seed
+from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
 
 # published JetClass ParticleNet (particle_transformer repository): three EdgeConv blocks, no fusion block
 JETCLASS_CONV_PARAMS = [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))]
@@ -67,25 +70,34 @@ class MinLengthTrimmer(torch.nn.Module):
         return x, v, mask, uu
 
 
-class ParticleNetWrapper(torch.nn.Module):
-    """Adapts weaver's inputs (points, features, lorentz_vectors, mask) to ``ParticleNet(points, fts, mask)``."""
+class ParticleNetWrapper(CountsNonFinite, torch.nn.Module):
+    """Adapts weaver's inputs (points, features, lorentz_vectors, mask) to ``ParticleNet(points, fts, mask)``.
 
-    def __init__(self, **kwargs: Any) -> None:
+    ``nonfinite`` applies the same non-finite input policy as ParT's ``JetTagger`` (``-o mask_nonfinite``).
+    """
+
+    def __init__(self, *, nonfinite: NonFiniteMask | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.mod = ParticleNet(**kwargs)
         max_k = max(k for k, _ in kwargs["conv_params"])
         self.mod.trimmer = MinLengthTrimmer(self.mod.trimmer, max_k + 1)
+        self.nonfinite = nonfinite
 
     def forward(
         self, points: torch.Tensor, features: torch.Tensor, lorentz_vectors: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
+        if self.nonfinite is not None:
+            points, features, lorentz_vectors, mask = self.nonfinite(points, features, lorentz_vectors, mask)
         return self.mod(points, features, mask)
 
 
 def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build ParticleNet for weaver: returns ``(model, model_info)`` with dynamic batch and particle axes."""
-    opts = parse_options(kwargs)
+    options = apply_seed_option(kwargs)
+    nonfinite = nonfinite_mask(options, where="networks/particlenet.py")
+    opts = parse_options(options)
     model = ParticleNetWrapper(
+        nonfinite=nonfinite,
         input_dims=len(data_config.input_dicts["pf_features"]),
         num_classes=len(data_config.label_value),
         conv_params=[(int(k), tuple(int(c) for c in ch)) for k, ch in opts.conv_params],
@@ -104,5 +116,17 @@ def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[st
 
 def get_loss(data_config: Any, **kwargs: Any) -> torch.nn.Module:
     """Cross-entropy over the JetClass labels (options are validated like in ``get_model``)."""
-    parse_options(kwargs)
+    options = without_seed(kwargs)
+    nonfinite_mask(options, where="networks/particlenet.py")
+    parse_options(options)
     return torch.nn.CrossEntropyLoss()
+
+
+def get_train_fn(data_config: Any, **kwargs: Any) -> Any:
+    """weaver's classification loop, reseeded per epoch with ``-o seed`` (weaver_ext.weaver_hooks)."""
+    return make_train_fn("classification", seed=seed_option(kwargs))
+
+
+def get_evaluate_fn(data_config: Any, **kwargs: Any) -> Any:
+    """weaver's classification evaluation, with its own seed stream per epoch with ``-o seed``."""
+    return make_evaluate_fn("classification", seed=seed_option(kwargs))

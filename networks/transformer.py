@@ -9,13 +9,24 @@ docs/variants.md.
 import torch
 
 from weaver_ext.network import build_part_tagger
+from weaver_ext.reproducibility import apply_seed_option, seed_option
 from weaver_ext.transformer import ConfigurableTransformer, TransformerConfig
+from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
 
 
 def get_model(data_config, **kwargs):
-    return build_part_tagger(data_config, kwargs, where="networks/transformer.py", config_cls=TransformerConfig,
+    return build_part_tagger(data_config, apply_seed_option(kwargs),
+                             where="networks/transformer.py", config_cls=TransformerConfig,
                              model_cls=ConfigurableTransformer)
 
 
 def get_loss(data_config, **kwargs):
     return torch.nn.CrossEntropyLoss()
+
+
+def get_train_fn(data_config, **kwargs):
+    return make_train_fn("classification", seed=seed_option(kwargs))
+
+
+def get_evaluate_fn(data_config, **kwargs):
+    return make_evaluate_fn("classification", seed=seed_option(kwargs))

@@ -123,38 +123,80 @@ ACCURACY_OPTS = {"num_layers": "2", "num_cls_layers": "1", "embed_dims": "(32,32
                  "num_heads": "4"}
 
 
-def accuracy_comparison(train: list[str], test: list[str], *, workdir: Path, epochs: int, kept: float,
-                        data_config: Path) -> dict[str, float]:
-    """Test accuracy of dense ParT and DSA-ParT (topk mode, ``kept`` fraction) after identical weaver training."""
+def accuracy_variants(kept: float) -> dict[str, dict[str, str]]:
+    """The compared models: dense ParT and DSA-ParT keeping ``kept`` of the keys (faithful topk and indexer modes)."""
+    sparse = {"dsa_enabled": "True", "sparsity_ratio": repr(kept)}
+    return {"dense": {}, f"dsa_topk_{kept:g}": sparse,
+            f"dsa_indexer_{kept:g}": {**sparse, "dsa_mode": "'indexer'"}}
+
+
+def train_and_score(run: Path, options: dict[str, str], *, train: list[str], test: list[str], epochs: int,
+                    data_config: Path, labels: list[str]) -> float:
+    """Train with the real weaver CLI, predict the test files with the best epoch, return the test accuracy."""
+    import os
+
     import numpy as np
     import uproot
-    from weaver.utils.dataset import DataConfig
-
-    labels = list(DataConfig.load(str(data_config), load_observers=False).label_value)
-
-    import os
 
     weaver = str(Path(sys.executable).with_name("weaver"))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    variants = {"dense": {}, f"dsa_topk_{kept:g}": {"dsa_enabled": "True", "sparsity_ratio": repr(kept)}}
-    out: dict[str, float] = {}
-    for name, extra in variants.items():
-        run = workdir / name
-        run.mkdir(parents=True, exist_ok=True)
-        opts = [a for k, v in {**ACCURACY_OPTS, **extra}.items() for a in ("-o", k, v)]
-        common = ["--data-config", str(data_config), "--network-config", str(REPO_ROOT / "networks" / "dsa_part.py"),
-                  *opts, "--gpus", "", "--num-workers", "0", "--fetch-step", "1"]
-        subprocess.run([weaver, "--data-train", *train, *common, "--model-prefix", str(run / "net"), "--num-epochs",
-                        str(epochs), "--batch-size", "64", "--start-lr", "3e-3", "--optimizer", "adamw",
-                        "--log-file", str(run / "train.log")], check=True, cwd=run, capture_output=True, env=env)
-        subprocess.run([weaver, "--predict", "--data-test", *test, *common, "--model-prefix",
-                        str(run / "net_best_epoch_state.pt"), "--batch-size", "256", "--predict-output",
-                        str(run / "pred.root")], check=True, cwd=run, capture_output=True, env=env)
-        events = uproot.open(run / "pred.root")["Events"].arrays(library="np")
-        scores = np.stack([events[f"score_{label}"] for label in labels], axis=1)
-        truth = events["_label_"]
-        out[name] = float((scores.argmax(1) == truth).mean())
+    run.mkdir(parents=True, exist_ok=True)
+    opts = [a for k, v in {**ACCURACY_OPTS, **options}.items() for a in ("-o", k, v)]
+    common = ["--data-config", str(data_config), "--network-config", str(REPO_ROOT / "networks" / "dsa_part.py"),
+              *opts, "--gpus", "", "--num-workers", "0", "--fetch-step", "1"]
+    subprocess.run([weaver, "--data-train", *train, *common, "--model-prefix", str(run / "net"), "--num-epochs",
+                    str(epochs), "--batch-size", "64", "--start-lr", "3e-3", "--optimizer", "adamw",
+                    "--log-file", str(run / "train.log")], check=True, cwd=run, capture_output=True, env=env)
+    subprocess.run([weaver, "--predict", "--data-test", *test, *common, "--model-prefix",
+                    str(run / "net_best_epoch_state.pt"), "--batch-size", "256", "--predict-output",
+                    str(run / "pred.root")], check=True, cwd=run, capture_output=True, env=env)
+    events = uproot.open(run / "pred.root")["Events"].arrays(library="np")
+    scores = np.stack([events[f"score_{label}"] for label in labels], axis=1)
+    return float((scores.argmax(1) == events["_label_"]).mean())
+
+
+def accuracy_comparison(train: list[str], test: list[str], *, workdir: Path, epochs: int, kept: float,
+                        data_config: Path, repeats: int = 1) -> dict[str, list[float]]:
+    """Test accuracies of every variant after identical weaver training, ``repeats`` independent runs each.
+
+    Runs are interleaved (run r of every variant before run r + 1) so a change of machine load hits all variants.
+    """
+    from tqdm import tqdm
+    from weaver.utils.dataset import DataConfig
+
+    labels = list(DataConfig.load(str(data_config), load_observers=False).label_value)
+    variants = accuracy_variants(kept)
+    out: dict[str, list[float]] = {name: [] for name in variants}
+    jobs = [(r, name) for r in range(repeats) for name in variants]
+    for r, name in tqdm(jobs, desc="weaver runs"):
+        seed = {"seed": str(1000 + r)} if repeats > 1 else {}
+        out[name].append(train_and_score(workdir / f"{name}_run{r}", {**variants[name], **seed}, train=train,
+                                         test=test, epochs=epochs, data_config=data_config, labels=labels))
     return out
+
+
+def format_accuracy(results: dict[str, list[float]], n_test: int) -> str:
+    """Markdown table: accuracy per run, mean, spread over runs and difference of the means to dense ParT."""
+    import numpy as np
+
+    dense = float(np.mean(results["dense"]))
+    lines = ["| model | runs | accuracy per run | mean | std over runs | mean - dense |", "|---|---|---|---|---|---|"]
+    for name, accs in results.items():
+        a = np.asarray(accs)
+        std = f"{a.std(ddof=1):.4f}" if len(a) > 1 else "-"
+        lines.append(f"| {name} | {len(a)} | {', '.join(f'{x:.4f}' for x in a)} | {a.mean():.4f} | {std} | "
+                     f"{a.mean() - dense:+.4f} |")
+    p = dense
+    lines.append(f"\nTest jets: {n_test}; binomial error of one accuracy ~ {np.sqrt(p * (1 - p) / n_test):.4f}.")
+    return "\n".join(lines)
+
+
+def uproot_entries(path: str) -> int:
+    """Number of jets in a generated file (tree ``tree``)."""
+    import uproot
+
+    with uproot.open(path) as f:
+        return int(f["tree"].num_entries)
 
 
 def main() -> None:
@@ -170,6 +212,7 @@ def main() -> None:
     parser.add_argument("--accuracy-test", nargs="+", default=None)
     parser.add_argument("--accuracy-epochs", type=int, default=5)
     parser.add_argument("--accuracy-kept", type=float, default=0.25)
+    parser.add_argument("--accuracy-repeats", type=int, default=1, help="independent runs per model (-o seed 1000+r)")
     parser.add_argument("--accuracy-dir", type=Path, default=Path("dsa_accuracy_runs"))
     parser.add_argument("--data-config", type=Path, default=REPO_ROOT / "data" / "JetClass" / "JetClass_kin.yaml")
     parser.add_argument("--point", nargs=2, metavar=("MODEL", "N"), help=argparse.SUPPRESS)
@@ -183,8 +226,11 @@ def main() -> None:
         if not args.accuracy_test:
             parser.error("--accuracy-train needs --accuracy-test")
         acc = accuracy_comparison(args.accuracy_train, args.accuracy_test, workdir=args.accuracy_dir.resolve(),
-                                  epochs=args.accuracy_epochs, kept=args.accuracy_kept, data_config=args.data_config)
+                                  epochs=args.accuracy_epochs, kept=args.accuracy_kept, data_config=args.data_config,
+                                  repeats=args.accuracy_repeats)
         print(json.dumps(acc, indent=1))
+        n_test = sum(uproot_entries(f) for f in args.accuracy_test)
+        print(format_accuracy(acc, n_test))
         return
     cfg = BenchConfig(topk=args.topk, repeats=args.repeats, threads=args.threads)
     print(f"config: {cfg}")

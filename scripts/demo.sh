@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: real Pythia jets -> weaver training -> weaver --predict -> metrics -> profiler report.
+# `make demo`: real Pythia jets -> preflight check -> weaver training -> weaver --predict -> metrics -> profiler report.
 # Runs in a few minutes on a 2-core CPU. Everything lands in demo_output/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,9 @@ python -m data.generate --classes all --jets-per-class "$JETS_PER_CLASS" --jets-
     --out "$OUT/data/train" --seed 1 --workers "$WORKERS"
 python -m data.generate --classes all --jets-per-class 100 --jets-per-file 100 \
     --out "$OUT/data/test" --seed 2 --workers "$WORKERS"
+# preflight: every branch the data config needs is present, typed right, readable and finite (exit 1 otherwise)
+python -m data.check "$OUT"/data/train/*.root "$OUT"/data/test/*.root -c data/JetClass/JetClass_kin.yaml --quiet \
+    --no-progress
 
 # A small ParT (2 particle blocks, 64-dim) so that a few epochs fit in a couple of minutes on CPU.
 NET_OPTS=(-o num_layers 2 -o num_cls_layers 1 -o embed_dims "(64,64)" -o pair_embed_dims "(32,32)" -o num_heads 4)

@@ -23,6 +23,7 @@ from profiling.loading import load_real_jets, synthetic_inputs
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from weaver_ext.checkpoint import CheckpointError, load_checkpoint
 from weaver_ext.config import OptionError
+from weaver_ext.network import MASKED_VECTOR
 
 KIN = JETCLASS_CONFIGS / "JetClass_kin.yaml"
 TINY = {"num_layers": 1, "num_cls_layers": 1, "embed_dims": (16, 16), "pair_embed_dims": (8,), "num_heads": 2}
@@ -111,19 +112,131 @@ def test_particlenet_without_trimming_handles_small_batches(kin_config):
 # ---------------------------------------------------------------------------------------------- NaN / inf
 
 
+def _dirty(inputs: list[torch.Tensor], group: int, value: float) -> list[torch.Tensor]:
+    """Jet 1's first (real) particle gets ``value`` in the first variable of input ``group``."""
+    dirty = [t.clone() for t in inputs]
+    dirty[group][1, 0, 0] = value
+    return dirty
+
+
+def _masked_by_hand(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Jet 1's first particle turned into padding exactly as JetTagger's mask_nonfinite does."""
+    out = [t.clone() for t in inputs]
+    out[0][1, :, 0] = 0
+    out[1][1, :, 0] = 0
+    out[2][1, :, 0] = torch.tensor(MASKED_VECTOR)
+    out[3][1, :, 0] = 0
+    return out
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
 @pytest.mark.parametrize("group", [1, 2], ids=["pf_features", "pf_vectors"])
-def test_nan_or_inf_in_a_real_particle_poisons_only_that_jet(kin_config, value, group):
-    """Observed policy: the model does not sanitise; the bad jet's logits are NaN, the other jets are unchanged."""
+def test_without_masking_nan_or_inf_poisons_only_that_jet(kin_config, value, group):
+    """``-o mask_nonfinite False``: no sanitising; the bad jet's logits are NaN, the other jets are unchanged."""
     inputs = _batch(kin_config)
-    model = _model("part", kin_config, TINY)
+    model = _model("part", kin_config, {**TINY, "mask_nonfinite": False})
     clean = _eval(model, inputs)
-    dirty = [t.clone() for t in inputs]
-    dirty[group][1, 0, 0] = value  # jet 1, first variable, first (real) particle
-    out = _eval(model, dirty)
+    out = _eval(model, _dirty(inputs, group, value))
     assert torch.isnan(out[1]).all()
     keep = [0, 2, 3]
     torch.testing.assert_close(out[keep], clean[keep], rtol=1e-5, atol=1e-5)
+    assert model.nonfinite_particles == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("group", [0, 1, 2], ids=["pf_points", "pf_features", "pf_vectors"])
+@pytest.mark.parametrize("name", ["part", "particlenet"])
+def test_mask_nonfinite_treats_the_particle_as_padding(kin_config, value, group, name):
+    """Default policy: the particle is masked (bitwise the same as masking it by hand) and counted once per call."""
+    inputs = _batch(kin_config)
+    model = _model(name, kin_config, TINY if name == "part" else TINY_PNET)
+    expected = _eval(model, _masked_by_hand(inputs))
+    model.reset_nonfinite_count()
+    out = _eval(model, _dirty(inputs, group, value))
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, expected)
+    assert model.nonfinite_particles == WARM_CALLS
+
+
+def test_nonfinite_in_a_padded_slot_is_not_counted(kin_config):
+    inputs = _batch(kin_config)
+    model = _model("part", kin_config, TINY)
+    n_real = int(inputs[3][1].sum())
+    dirty = [t.clone() for t in inputs]
+    dirty[2][1, :, n_real] = float("inf")
+    assert torch.isfinite(_eval(model, dirty)).all() and model.nonfinite_particles == 0
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_mask_nonfinite_is_bitwise_identical_for_finite_inputs(kin_config, training):
+    inputs = _batch(kin_config, batch_size=8)
+    outs = []
+    for mask_nonfinite in (False, True):
+        model = _model("part", kin_config, {**TINY, "mask_nonfinite": mask_nonfinite}).train(training)
+        torch.manual_seed(3)  # same dropout masks
+        with torch.no_grad():
+            outs.append(torch.stack([model(*inputs) for _ in range(WARM_CALLS)]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_mask_nonfinite_keeps_a_training_loss_finite(kin_config):
+    """Without masking one inf particle makes the batch loss and every gradient NaN; with it they stay finite."""
+    dirty = _dirty(_batch(kin_config), 2, float("inf"))
+    labels = torch.tensor([0, 1, 2, 3])
+    for mask_nonfinite in (False, True):
+        model = _model("part", kin_config, {**TINY, "mask_nonfinite": mask_nonfinite}).train()
+        loss = torch.nn.functional.cross_entropy(model(*dirty), labels)
+        loss.backward()
+        grads_finite = all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        assert bool(torch.isfinite(loss)) == grads_finite == mask_nonfinite
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_onnx_export_with_zero_padded_vectors_is_finite(kin_config):
+    """Empty jets and ``pad_mode: constant`` padding put px = py = 0 in pf_vectors (JetClass configs use ``wrap``)."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import io
+
+    inputs = _batch(kin_config)
+    n_real = int(inputs[3][1].sum())
+    for t in inputs:
+        t[1, :, n_real:] = 0  # jet 1: zero padding instead of weaver's wrap padding
+    model = _model("part", kin_config, {**TINY, "for_inference": True})
+    _, info = _network("part").get_model(kin_config, **TINY)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, tuple(inputs), buffer, input_names=info["input_names"], output_names=info["output_names"],
+                      dynamic_axes=info["dynamic_axes"], opset_version=17, dynamo=False)
+    got = onnxruntime.InferenceSession(buffer.getvalue()).run(
+        None, {k: t.numpy() for k, t in zip(info["input_names"], inputs, strict=True)})[0]
+    with torch.no_grad():
+        assert torch.isfinite(model(*inputs)).all()  # torch (sparse pair path) is fine
+    assert np.isfinite(got[1]).all()
+
+
+def test_mask_nonfinite_option_must_be_a_bool(kin_config):
+    with pytest.raises(OptionError, match="option 'mask_nonfinite' expects bool, got 1 \\(int\\)"):
+        _network("part").get_model(kin_config, mask_nonfinite=1)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_mask_nonfinite_exports_to_onnx(kin_config):
+    """The export weaver's --export-onnx does (for_inference=True): finite inputs and a masked inf match torch."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import io
+
+    inputs = _batch(kin_config)
+    model = _model("part", kin_config, {**TINY, "for_inference": True})
+    _, info = _network("part").get_model(kin_config, **TINY)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, tuple(inputs), buffer, input_names=info["input_names"], output_names=info["output_names"],
+                      dynamic_axes=info["dynamic_axes"], opset_version=17, dynamo=False)
+    session = onnxruntime.InferenceSession(buffer.getvalue())
+    for batch in (inputs, _dirty(inputs, 2, float("inf"))):
+        got = session.run(None, {k: t.numpy() for k, t in zip(info["input_names"], batch, strict=True)})[0]
+        with torch.no_grad():
+            expected = model(*batch).numpy()
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_nan_in_a_padded_slot_is_ignored(kin_config):
@@ -286,12 +399,16 @@ def test_weaver_replaces_nan_inputs_with_zero(bad_jets, kin_config):
 
 
 def test_weaver_passes_inf_in_unstandardised_vectors(bad_jets, kin_config):
-    """Observed: an inf in part_px (pf_vectors, no standardisation) is not clipped; the jet's logits become NaN."""
+    """weaver does not clip an inf in part_px (pf_vectors, no standardisation): without masking the jet's logits are
+    NaN; with the default ``mask_nonfinite`` the particle is dropped and counted."""
     px = bad_jets.inputs["pf_vectors"][2, 0, 0].item()
     assert not np.isfinite(px) or abs(px) > 1e30
-    out = _eval(_model("part", kin_config, TINY), [bad_jets.inputs[k] for k in kin_config.input_names])
+    inputs = [bad_jets.inputs[k] for k in kin_config.input_names]
+    out = _eval(_model("part", kin_config, {**TINY, "mask_nonfinite": False}), inputs)
     assert not torch.isfinite(out[2]).all()
     assert torch.isfinite(out[[0, 1, 3]]).all()
+    model = _model("part", kin_config, TINY)
+    assert torch.isfinite(_eval(model, inputs)).all() and model.nonfinite_particles == WARM_CALLS
 
 
 # ---------------------------------------------------------------------------------------------- real weaver --predict
@@ -337,3 +454,75 @@ def test_weaver_predict_on_broken_files_fails_without_output(jet_files, kin_conf
     assert proc.returncode != 0
     assert not out.exists()
     assert expected in proc.stdout + proc.stderr
+    from data.check import check_files
+
+    assert not check_files(files, config, progress=False).ok  # the preflight checker flags every one of these
+
+
+def _predict_setup(kin_config, tmp_path: Path) -> tuple[Path, Path]:
+    weights = tmp_path / "w.pt"
+    torch.save(_model("part", kin_config, TINY).state_dict(), weights)
+    config = tmp_path / "kin.yaml"
+    config.write_text(KIN.read_text())  # weaver writes side files next to its data config
+    return weights, config
+
+
+def test_weaver_predict_reads_an_int_branch_as_float(jet_files, kin_config, tmp_path):
+    """``part_charge`` (float32 in JetClass) written as int32: weaver casts it to float32; identical scores."""
+    from tests.test_data_check import _arrays, _copy
+
+    good = Path(jet_files[0])
+    charge = _arrays(good)["part_charge"]
+    as_int = _copy(good, tmp_path / "int.root", part_charge=ak.values_astype(charge, np.int32))
+    weights, config = _predict_setup(kin_config, tmp_path)
+    out = tmp_path / "pred.root"
+    proc = _weaver_predict([good, as_int], config, weights, out)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    tree = uproot.open(out)["Events"]
+    scores = np.stack([tree[f"score_{k}"].array(library="np") for k in kin_config.label_value], axis=1)
+    n = uproot.open(good)["tree"].num_entries
+    assert scores.shape[0] == 2 * n
+    np.testing.assert_allclose(scores[n:], scores[:n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["string_jet_pt", "flat_part_px"])
+def test_weaver_predict_on_wrong_branch_types(jet_files, kin_config, tmp_path, case):
+    """Observed weaver-core 0.5.3 behaviour: a string branch fails deep in awkward (traceback, no output); a per-jet
+    ``part_px`` where a per-particle one is expected is broadcast silently (exit 0, output written: garbage)."""
+    from data.check import check_files
+    from tests.test_data_check import _arrays, _copy
+
+    good = Path(jet_files[0])
+    arrays = _arrays(good)
+    bad = _copy(good, tmp_path / f"{case}.root", **(
+        {"jet_pt": [f"pt{i}" for i in range(len(arrays["jet_pt"]))]} if case == "string_jet_pt"
+        else {"part_px": ak.to_numpy(arrays["part_px"][:, 0])}))
+    weights, config = _predict_setup(kin_config, tmp_path)
+    out = tmp_path / "pred.root"
+    proc = _weaver_predict([bad], config, weights, out)
+    if case == "string_jet_pt":
+        assert proc.returncode != 0 and not out.exists()
+        assert "ValueError: cannot broadcast" in proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == 0 and out.exists()
+    problems = check_files([bad], config, progress=False).errors
+    assert len(problems) == 1 and ("jet_pt" if case == "string_jet_pt" else "part_px") in problems[0].message
+
+
+def test_weaver_training_on_a_file_with_inf_masks_and_logs_it(jet_files, tmp_path):
+    """Real ``weaver`` training on a file with an inf four-momentum: losses stay finite, the log counts the particle."""
+    from tests.helpers import run_weaver
+
+    bad = _rewrite_with_bad_jets(Path(jet_files[0]), tmp_path / "bad.root")
+    opts = {"num_layers": "1", "num_cls_layers": "1", "embed_dims": "(16,16)", "pair_embed_dims": "(8,)",
+            "num_heads": "2"}
+    log = tmp_path / "train.log"
+    run_weaver(["--data-train", bad, "--data-config", KIN, "--network-config", REPO_ROOT / "networks" / "part.py",
+                *[a for k, v in opts.items() for a in ("-o", k, v)], "--model-prefix", tmp_path / "net",
+                "--num-epochs", "1", "--batch-size", "8", "--gpus", "", "--num-workers",
+                "0", "--fetch-step", "1", "--log-file", log], cwd=tmp_path)
+    text = log.read_text()
+    assert "particle(s) with NaN/inf inputs were masked out" in text
+    losses = [float(line.split("AvgLoss: ")[1].split(",")[0]) for line in text.splitlines() if "Train AvgLoss" in line]
+    assert losses and all(np.isfinite(losses))

@@ -12,29 +12,106 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import from_options
-from .part import ParTConfig, ParticleTransformer
+from .config import OptionError, from_options
+from .part import MASKED_VECTOR, ParTConfig, ParticleTransformer
 
 Tensor = torch.Tensor
 
 JET_INPUTS = ("pf_points", "pf_features", "pf_vectors", "pf_mask")
 
 
-class JetTagger(nn.Module):
+# wrapper-level -o options (popped before the model config is parsed) and their defaults
+TAGGER_OPTIONS = {"mask_nonfinite": True, "log_nonfinite": False}
+
+
+class NonFiniteMask(nn.Module):
+    """Turns real particles with any NaN or +-inf in points, features or four-vector into padding, and counts them.
+
+    The policy behind ``-o mask_nonfinite`` (on by default): the particle gets mask 0, zero points and features and
+    the four-vector ``MASKED_VECTOR``, instead of turning its jet's logits (and a training loss) into NaN. Finite
+    inputs pass bitwise unchanged. The count lives on the device (no host sync unless read, or ``log``).
+    """
+
+    def __init__(self, *, log: bool = False) -> None:
+        super().__init__()
+        self.log = log
+        # a plain tensor attribute, not a buffer: not saved in checkpoints and not overwritten by DDP's buffer sync
+        self._count = torch.zeros((), dtype=torch.long)
+
+    @property
+    def count(self) -> int:
+        """Real particles masked since construction or the last ``reset``."""
+        return int(self._count)
+
+    def reset(self) -> None:
+        self._count = torch.zeros((), dtype=torch.long)
+
+    def forward(self, points: Tensor, features: Tensor, vectors: Tensor,
+                mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        finite = torch.isfinite(features).all(1, keepdim=True) & torch.isfinite(vectors).all(1, keepdim=True)
+        finite = finite & torch.isfinite(points).all(1, keepdim=True)  # (N, 1, P)
+        if not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()):
+            bad = ((mask != 0) & ~finite).sum()
+            self._count = self._count.to(bad.device) + bad
+            if self.log:
+                self._log(int(bad))
+        zero = torch.zeros((), dtype=features.dtype, device=features.device)
+        fill = torch.tensor(MASKED_VECTOR, dtype=vectors.dtype, device=vectors.device).view(1, 4, 1)
+        return (torch.where(finite, points, zero), torch.where(finite, features, zero),
+                torch.where(finite, vectors, fill), torch.where(finite, mask, torch.zeros_like(mask)))
+
+    @torch.jit.ignore
+    def _log(self, count: int) -> None:
+        if count:
+            from weaver.utils.logger import _logger
+
+            _logger.warning("masked %d particle(s) with NaN/inf inputs in this batch (%d in total)", count,
+                            self.count)
+
+
+def nonfinite_mask(options: dict[str, Any], *, where: str) -> NonFiniteMask | None:
+    """Pop ``mask_nonfinite``/``log_nonfinite`` from weaver's options (bools) and build the masking step or None."""
+    values = {k: options.pop(k, default) for k, default in TAGGER_OPTIONS.items()}
+    for key, value in values.items():
+        if not isinstance(value, bool):
+            raise OptionError(f"{where}: option {key!r} expects bool, got {value!r} ({type(value).__name__})")
+    return NonFiniteMask(log=values["log_nonfinite"]) if values["mask_nonfinite"] else None
+
+
+class CountsNonFinite:
+    """Mixin for weaver-facing wrappers with a ``nonfinite`` step (a ``NonFiniteMask`` or None)."""
+
+    nonfinite: NonFiniteMask | None
+
+    @property
+    def nonfinite_particles(self) -> int:
+        """Real particles masked for a non-finite value since construction or the last reset."""
+        return 0 if self.nonfinite is None else self.nonfinite.count
+
+    def reset_nonfinite_count(self) -> None:
+        if self.nonfinite is not None:
+            self.nonfinite.reset()
+
+
+class JetTagger(CountsNonFinite, nn.Module):
     """weaver-facing wrapper: inputs in data-config order (points, features, vectors, mask) -> ``mod``.
 
     The ``mod.`` prefix matches the particle_transformer repository's network configs, so their checkpoints load.
+    ``nonfinite`` (a ``NonFiniteMask`` or None) applies the non-finite input policy first.
     """
 
-    def __init__(self, mod: nn.Module) -> None:
+    def __init__(self, mod: nn.Module, *, nonfinite: NonFiniteMask | None = None) -> None:
         super().__init__()
         self.mod = mod
+        self.nonfinite = nonfinite
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"mod.cls_token"}
 
     def forward(self, points: Tensor, features: Tensor, lorentz_vectors: Tensor, mask: Tensor) -> Tensor:
+        if self.nonfinite is not None:
+            points, features, lorentz_vectors, mask = self.nonfinite(points, features, lorentz_vectors, mask)
         return self.mod(features, v=lorentz_vectors, mask=mask)
 
 
@@ -63,6 +140,8 @@ def build_part_tagger(data_config: Any, options: dict[str, Any], *, where: str,
                       model_cls: type[nn.Module] = ParticleTransformer) -> tuple[JetTagger, dict[str, Any]]:
     """ParT (or a subclass with its own config) for JetClass-style inputs, configured from weaver options."""
     check_jet_inputs(data_config, where=where)
+    options = dict(options)
+    nonfinite = nonfinite_mask(options, where=where)
     cfg = from_options(
         config_cls,
         options,
@@ -70,4 +149,4 @@ def build_part_tagger(data_config: Any, options: dict[str, Any], *, where: str,
         input_dim=len(data_config.input_dicts["pf_features"]),
         num_classes=len(data_config.label_value),
     )
-    return JetTagger(model_cls(cfg)), jet_model_info(data_config)
+    return JetTagger(model_cls(cfg), nonfinite=nonfinite), jet_model_info(data_config)

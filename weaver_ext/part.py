@@ -33,6 +33,10 @@ from .positional import PosEncoding, PositionalEncoding, local_attention_mask
 
 Tensor = torch.Tensor
 
+# four-vector (px, py, pz, E) given to padded or masked particles where pair features are computed anyway: not zero,
+# because atan2(0, 0) in the pair features is NaN once exported to ONNX
+MASKED_VECTOR = (1.0, 0.0, 0.0, 1.0)
+
 _PAIR_INPUT_DIMS = {"pp": 4, "ee": 6, "xyzt": 7}
 
 
@@ -234,6 +238,10 @@ class ParticleTransformer(nn.Module):
         if not mask.any():  # only empty jets: no pair to embed (weaver's sparse PairEmbed fails on zero pairs)
             ref = v if v is not None else uu
             return ref.new_zeros(mask.size(0), self.pair_embed.out_dim, mask.size(-1), mask.size(-1))
+        if v is not None and self.cfg.for_inference:
+            # the dense (export) path embeds padded pairs too: zero padding would give atan2(0, 0), NaN in ONNX
+            fill = torch.tensor(MASKED_VECTOR, dtype=v.dtype, device=v.device).view(1, 4, 1)
+            v = torch.where(mask.bool(), v, fill)
         return self.pair_embed(v, uu=uu, mask=mask)
 
     def encode_trimmed(

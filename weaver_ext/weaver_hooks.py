@@ -3,7 +3,9 @@
 weaver-core calls the network config's ``get_model`` and then ``get_loss`` in the same process; ``register_model``
 remembers the model built by ``get_model`` so ``get_loss`` can bind an ``AuxLoss`` to it. ``make_train_fn`` wraps
 weaver's own ``train_classification`` (or ``train_regression``) and, after each epoch, writes the DSA statistics per
-layer to weaver's log and (with ``--tensorboard``) to the tensorboard writer.
+layer to weaver's log and (with ``--tensorboard``) to the tensorboard writer. With ``-o seed N`` the train and
+evaluate hooks also reseed every epoch and make ``--load-epoch`` exact (see ``reproducibility``); every network
+config uses these hooks, so models without DSA statistics get the same seeding and resume repairs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .losses import AuxLoss
+from .reproducibility import TRAIN_STREAM, VAL_STREAM, begin_epoch, drain_loader, repair_resume, save_resume_state
 
 _LAST_MODEL: list[nn.Module] = []
 
@@ -73,22 +76,77 @@ def log_epoch(model: nn.Module, loss_func: Any, epoch: int, tb_helper: Any = Non
     return flat
 
 
-def make_train_fn(task: str = "classification") -> Callable[..., Any]:
-    """weaver's own train loop for ``task``, followed by the DSA epoch log."""
+def log_nonfinite(model: nn.Module, epoch: int) -> int:
+    """Log (weaver's log, warning) and reset the particles masked for NaN/inf inputs during the epoch."""
+    from weaver.utils.logger import _logger
+
+    from .network import NonFiniteMask
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, NonFiniteMask):
+            count += module.count
+            module.reset()
+    if count:
+        _logger.warning("epoch %d: %d particle(s) with NaN/inf inputs were masked out (treated as padding); "
+                        "run `python -m data.check FILES -c DATA_CONFIG` to find them", epoch, count)
+    return count
+
+
+def _weaver_args(kwargs: dict[str, Any]) -> Any:
+    """weaver's parsed command line, which it passes to the hooks inside ``extra_args`` (None when absent)."""
+    return (kwargs.get("extra_args") or {}).get("args")
+
+
+def _load_epoch(kwargs: dict[str, Any]) -> int | None:
+    """weaver's ``--load-epoch`` (None for a run that was not resumed)."""
+    return getattr(_weaver_args(kwargs), "load_epoch", None)
+
+
+def make_train_fn(task: str = "classification", *, seed: int | None = None) -> Callable[..., Any]:
+    """weaver's own train loop for ``task``, followed by the DSA epoch log; seeded per epoch when ``seed`` is set.
+
+    On the first epoch of a ``--load-epoch`` run, the LR schedule and trimmer warm-up are repaired (always).
+    """
     from weaver.utils.nn import tools
 
     base = tools.train_regression if task == "regression" else tools.train_classification
 
     def train(model, loss_func, opt, scheduler, train_loader, dev, epoch, **kwargs):  # weaver's signature
+        repair_resume(model, opt, scheduler, args=_weaver_args(kwargs), epoch=epoch)
+        if seed is not None:
+            begin_epoch(train_loader, seed=seed, epoch=epoch, stream=TRAIN_STREAM,
+                        steps_per_epoch=kwargs.get("steps_per_epoch"), load_epoch=_load_epoch(kwargs))
         result = base(model, loss_func, opt, scheduler, train_loader, dev, epoch, **kwargs)
+        if seed is not None:
+            drain_loader(train_loader)
+            save_resume_state(model, args=_weaver_args(kwargs), epoch=epoch)
         log_epoch(model, loss_func, epoch, kwargs.get("tb_helper"))
+        log_nonfinite(model, epoch)
         return result
 
     return train
 
 
-def make_evaluate_fn(task: str = "classification") -> Callable[..., Any]:
-    """weaver's own evaluation loop for ``task`` (weaver needs both hooks when one is given)."""
+def make_evaluate_fn(task: str = "classification", *, seed: int | None = None) -> Callable[..., Any]:
+    """weaver's own evaluation loop for ``task`` (weaver needs both hooks when one is given).
+
+    With ``seed``, each validation pass (``epoch`` given) draws its shuffle and reweighting from its own stream.
+    """
     from weaver.utils.nn import tools
 
-    return tools.evaluate_regression if task == "regression" else tools.evaluate_classification
+    base = tools.evaluate_regression if task == "regression" else tools.evaluate_classification
+    if seed is None:
+        return base
+
+    def evaluate(model, test_loader, dev, epoch, **kwargs):  # weaver's signature
+        if epoch is not None:
+            begin_epoch(test_loader, seed=seed, epoch=epoch, stream=VAL_STREAM,
+                        steps_per_epoch=kwargs.get("steps_per_epoch"), load_epoch=_load_epoch(kwargs))
+        result = base(model, test_loader, dev, epoch, **kwargs)
+        if epoch is not None:
+            drain_loader(test_loader)
+            save_resume_state(model, args=_weaver_args(kwargs), epoch=epoch)
+        return result
+
+    return evaluate
