@@ -123,11 +123,15 @@ ACCURACY_OPTS = {"num_layers": "2", "num_cls_layers": "1", "embed_dims": "(32,32
                  "num_heads": "4"}
 
 
-def accuracy_variants(kept: float) -> dict[str, dict[str, str]]:
-    """The compared models: dense ParT and DSA-ParT keeping ``kept`` of the keys (faithful topk and indexer modes)."""
+def accuracy_variants(kept: float, warmup_steps: int) -> dict[str, dict[str, str]]:
+    """The compared models: dense ParT and DSA-ParT keeping ``kept`` of the keys (faithful topk and indexer modes;
+    the indexer also with a warm-up that starts dense and reaches ``kept`` after ``warmup_steps`` training steps)."""
     sparse = {"dsa_enabled": "True", "sparsity_ratio": repr(kept)}
-    return {"dense": {}, f"dsa_topk_{kept:g}": sparse,
-            f"dsa_indexer_{kept:g}": {**sparse, "dsa_mode": "'indexer'"}}
+    indexer = {**sparse, "dsa_mode": "'indexer'"}
+    warmup = {**indexer, "sparsity_ratio": "1.0", "target_sparsity": repr(kept), "sparsity_schedule": "'linear'",
+              "sparsity_steps": str(warmup_steps)}
+    return {"dense": {}, f"dsa_topk_{kept:g}": sparse, f"dsa_indexer_{kept:g}": indexer,
+            f"dsa_indexer_warmup_{kept:g}": warmup}
 
 
 def train_and_score(run: Path, options: dict[str, str], *, train: list[str], test: list[str], epochs: int,
@@ -156,7 +160,8 @@ def train_and_score(run: Path, options: dict[str, str], *, train: list[str], tes
 
 
 def accuracy_comparison(train: list[str], test: list[str], *, workdir: Path, epochs: int, kept: float,
-                        data_config: Path, repeats: int = 1) -> dict[str, list[float]]:
+                        data_config: Path, repeats: int = 1, warmup_steps: int = 150,
+                        only: list[str] | None = None) -> dict[str, list[float]]:
     """Test accuracies of every variant after identical weaver training, ``repeats`` independent runs each.
 
     Runs are interleaved (run r of every variant before run r + 1) so a change of machine load hits all variants.
@@ -165,7 +170,12 @@ def accuracy_comparison(train: list[str], test: list[str], *, workdir: Path, epo
     from weaver.utils.dataset import DataConfig
 
     labels = list(DataConfig.load(str(data_config), load_observers=False).label_value)
-    variants = accuracy_variants(kept)
+    variants = accuracy_variants(kept, warmup_steps)
+    if only:
+        unknown = sorted(set(only) - set(variants))
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; valid: {list(variants)}")
+        variants = {name: opts for name, opts in variants.items() if name in only}
     out: dict[str, list[float]] = {name: [] for name in variants}
     jobs = [(r, name) for r in range(repeats) for name in variants]
     for r, name in tqdm(jobs, desc="weaver runs"):
@@ -179,14 +189,14 @@ def format_accuracy(results: dict[str, list[float]], n_test: int) -> str:
     """Markdown table: accuracy per run, mean, spread over runs and difference of the means to dense ParT."""
     import numpy as np
 
-    dense = float(np.mean(results["dense"]))
+    dense = float(np.mean(results["dense"])) if results.get("dense") else float("nan")
     lines = ["| model | runs | accuracy per run | mean | std over runs | mean - dense |", "|---|---|---|---|---|---|"]
     for name, accs in results.items():
         a = np.asarray(accs)
         std = f"{a.std(ddof=1):.4f}" if len(a) > 1 else "-"
         lines.append(f"| {name} | {len(a)} | {', '.join(f'{x:.4f}' for x in a)} | {a.mean():.4f} | {std} | "
                      f"{a.mean() - dense:+.4f} |")
-    p = dense
+    p = float(np.mean(next(iter(results.values()))))
     lines.append(f"\nTest jets: {n_test}; binomial error of one accuracy ~ {np.sqrt(p * (1 - p) / n_test):.4f}.")
     return "\n".join(lines)
 
@@ -212,6 +222,9 @@ def main() -> None:
     parser.add_argument("--accuracy-test", nargs="+", default=None)
     parser.add_argument("--accuracy-epochs", type=int, default=5)
     parser.add_argument("--accuracy-kept", type=float, default=0.25)
+    parser.add_argument("--accuracy-warmup-steps", type=int, default=150,
+                        help="steps from dense to the kept fraction for the indexer warm-up variant")
+    parser.add_argument("--accuracy-only", nargs="+", default=None, help="run only these variants")
     parser.add_argument("--accuracy-repeats", type=int, default=1, help="independent runs per model (-o seed 1000+r)")
     parser.add_argument("--accuracy-dir", type=Path, default=Path("dsa_accuracy_runs"))
     parser.add_argument("--data-config", type=Path, default=REPO_ROOT / "data" / "JetClass" / "JetClass_kin.yaml")
@@ -227,7 +240,8 @@ def main() -> None:
             parser.error("--accuracy-train needs --accuracy-test")
         acc = accuracy_comparison(args.accuracy_train, args.accuracy_test, workdir=args.accuracy_dir.resolve(),
                                   epochs=args.accuracy_epochs, kept=args.accuracy_kept, data_config=args.data_config,
-                                  repeats=args.accuracy_repeats)
+                                  repeats=args.accuracy_repeats, warmup_steps=args.accuracy_warmup_steps,
+                                  only=args.accuracy_only)
         print(json.dumps(acc, indent=1))
         n_test = sum(uproot_entries(f) for f in args.accuracy_test)
         print(format_accuracy(acc, n_test))

@@ -196,11 +196,15 @@ class _LargestTensor(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_indexer_never_materialises_n_by_n(training, monkeypatch):
+@pytest.mark.parametrize("block", [16, 64], ids=["two-stage", "exhaustive"])
+def test_indexer_never_materialises_n_by_n(training, block, monkeypatch):
     """With the indexer's chunk budget below N x N, no op (forward or backward) returns an N x N-sized tensor."""
     n, k = 512, 4
     monkeypatch.setattr(dsa, "_INDEXER_CHUNK_ELEMENTS", 1 << 14)
-    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, sparsity_weight=1.0, trim=False)
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, sparsity_weight=1.0, trim=False,
+                   indexer_block_size=block)
+    two_stage = model.sparse_attentions()[0][1].blocks_per_query(k) * block < n
+    assert two_stage == (block == 16)
     model.train(training)
     x, v, mask = _jets(n=1, length=n)
     with _LargestTensor() as probe:
@@ -210,6 +214,10 @@ def test_indexer_never_materialises_n_by_n(training, monkeypatch):
     assert torch.isfinite(out).all()
     # the biggest tensors are N x k x embed (gathered keys/values, pair MLP): 512 * 4 * 32 = N * N / 4
     assert probe.largest <= n * k * TINY["embed_dims"][-1], probe.largest
+    if training:  # the aux terms (distillation, sparsity through the log-sum-exp) reach the indexer
+        grads = [p.grad for name, p in model.named_parameters() if ".indexer." in name]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
 
 
 @pytest.mark.parametrize("mode", ["topk", "indexer"])

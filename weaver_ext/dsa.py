@@ -206,15 +206,29 @@ def block_score_bound(q: Tensor, w: Tensor, kmax: Tensor, kmin: Tensor, empty: T
     return bound.masked_fill(empty[:, None, :], float("-inf"))
 
 
-def _candidate_scores(q: Tensor, k: Tensor, w: Tensor, cand: Tensor, cand_out: Tensor) -> Tensor:
-    """Exact indexer scores of each query's candidate keys cand (B, c, C): (B, c, C), -inf where ``cand_out``."""
-    s = q.transpose(1, 2) @ _gather_keys(k, cand).transpose(-1, -2)  # (B, c, h, C)
+def _blocked(x: Tensor, block: int, fill: float | bool) -> Tensor:
+    """x (B, N, ...) padded with ``fill`` to whole blocks and viewed as (B, nb, block * ...): one row per block."""
+    extra = -x.size(1) % block
+    if extra:
+        x = torch.cat((x, x.new_full((x.size(0), extra, *x.shape[2:]), fill)), dim=1)
+    return x.reshape(x.size(0), x.size(1) // block, -1)
+
+
+def _candidate_scores(q: Tensor, key_blocks: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
+    """Exact indexer scores of the keys of each query's chosen blocks best (B, c, m): (B, c, m * block).
+
+    Whole blocks are gathered as rows of ``key_blocks`` (B, nb, block * d), which is much cheaper than gathering
+    m * block single keys; -inf where ``cand_out`` (padding, or past the last key).
+    """
+    batch, chunk, _ = best.shape
+    keys = _gather_keys(key_blocks, best).view(batch, chunk, -1, q.size(-1))  # (B, c, m * block, d)
+    s = q.transpose(1, 2) @ keys.transpose(-1, -2)  # (B, c, h, m * block)
     s = (F.relu(s) * w.transpose(1, 2)).sum(2)
     return s.masked_fill(cand_out, float("-inf"))
 
 
-def _candidate_lse(q: Tensor, k: Tensor, w: Tensor, cand: Tensor, cand_out: Tensor) -> Tensor:
-    return torch.logsumexp(_candidate_scores(q, k, w, cand, cand_out), dim=-1)
+def _candidate_lse(q: Tensor, key_blocks: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
+    return torch.logsumexp(_candidate_scores(q, key_blocks, w, best, cand_out), dim=-1)
 
 
 def _gather_keys(x: Tensor, idx: Tensor) -> Tensor:
@@ -354,6 +368,9 @@ class DSAAttention(MultiheadAttention):
         two_stage = nblocks * block < length
         if two_stage:
             kmax_blk, kmin_blk, empty = block_key_bounds(ik, pad_or_none, block)
+            key_blocks = _blocked(ik, block, 0.0)  # (B, nb, block * d)
+            missing = _blocked(pad_or_none if pad_or_none is not None else
+                               torch.zeros(batch, length, dtype=torch.bool, device=ik.device), block, True)
             offsets = torch.arange(block, device=ik.device)
             per_query = batch * (max(heads, dim) * nblocks * block + heads * kmax_blk.size(1))
         else:
@@ -365,19 +382,16 @@ class DSAAttention(MultiheadAttention):
             with torch.no_grad():
                 if two_stage:
                     best = block_score_bound(q, w, kmax_blk, kmin_blk, empty).topk(nblocks, dim=-1).indices
-                    cand = (best.unsqueeze(-1) * block + offsets).flatten(2)  # (B, c, nblocks * block)
-                    cand_out = cand >= length
-                    cand = cand.clamp(max=length - 1)
-                    if pad_or_none is not None:
-                        cand_out |= _gather_keys(pad_or_none, cand)
-                    top = _candidate_scores(q, ik, w, cand, cand_out).topk(kmax, dim=-1)
+                    cand_out = _gather_keys(missing, best).flatten(2)  # (B, c, nblocks * block)
+                    top = _candidate_scores(q, key_blocks, w, best, cand_out).topk(kmax, dim=-1)
+                    cand = (best.unsqueeze(-1) * block + offsets).flatten(2).clamp(max=length - 1)
                     idx_parts.append(cand.gather(-1, top.indices))
                 else:
                     top = _indexer_scores(q, ik, w, pad_or_none).topk(kmax, dim=-1)
                     idx_parts.append(top.indices)
                 found_parts.append(torch.isfinite(top.values))
             if collect and two_stage:
-                lse_parts.append(checkpoint(_candidate_lse, q, ik, w, cand, cand_out, use_reentrant=False))
+                lse_parts.append(checkpoint(_candidate_lse, q, key_blocks, w, best, cand_out, use_reentrant=False))
             elif collect:
                 lse_parts.append(checkpoint(_indexer_lse, q, ik, w, pad, use_reentrant=False))
         lse = torch.cat(lse_parts, dim=1) if collect else None
