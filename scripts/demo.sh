@@ -22,9 +22,9 @@ python -m data.check "$OUT"/data/train/*.root "$OUT"/data/test/*.root -c data/Je
 # A small ParT (2 particle blocks, 64-dim) so that a few epochs fit in a couple of minutes on CPU.
 NET_OPTS=(-o num_layers 2 -o num_cls_layers 1 -o embed_dims "(64,64)" -o pair_embed_dims "(32,32)" -o num_heads 4)
 
-echo "== 2/5 Training ParT with the real weaver command (${EPOCHS} epochs)"
+echo "== 2/5 Training ParT with the real weaver command (${EPOCHS} epochs, -o seed 1: reproducible)"
 weaver --data-train "$OUT"/data/train/*.root --data-config data/JetClass/JetClass_kin.yaml \
-    --network-config networks/part.py "${NET_OPTS[@]}" --model-prefix "$OUT/part/net" \
+    --network-config networks/part.py "${NET_OPTS[@]}" -o seed 1 --model-prefix "$OUT/part/net" \
     --num-epochs "$EPOCHS" --batch-size 64 --start-lr 2e-3 --optimizer adamw --fetch-step 1 \
     --gpus "" --num-workers 0 --log-file "$OUT/part/train.log"
 
