@@ -8,8 +8,8 @@ The loss adds the model's DSA regularisers and indexer distillation; DSA statist
 
 from weaver_ext.dsa import DSAConfig, DSAParticleTransformer
 from weaver_ext.network import build_part_tagger
-from weaver_ext.reproducibility import apply_seed_option, seed_option
-from weaver_ext.weaver_hooks import bind_loss, make_evaluate_fn, make_train_fn, register_model
+from weaver_ext.reproducibility import apply_seed_option
+from weaver_ext.weaver_hooks import bind_loss, network_hooks, register_model
 
 WHERE = "networks/dsa_part.py"
 
@@ -25,9 +25,4 @@ def get_loss(data_config, **kwargs):
     return bind_loss()
 
 
-def get_train_fn(data_config, **kwargs):
-    return make_train_fn(kwargs.get("task", "classification"), seed=seed_option(kwargs))
-
-
-def get_evaluate_fn(data_config, **kwargs):
-    return make_evaluate_fn(kwargs.get("task", "classification"), seed=seed_option(kwargs))
+get_train_fn, get_evaluate_fn = network_hooks("classification")

@@ -8,8 +8,8 @@ training reproducible and ``--load-epoch`` exact (weaver_ext/reproducibility.py)
 import torch
 
 from weaver_ext.network import build_part_tagger
-from weaver_ext.reproducibility import apply_seed_option, seed_option
-from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
+from weaver_ext.reproducibility import apply_seed_option
+from weaver_ext.weaver_hooks import network_hooks
 
 
 def get_model(data_config, **kwargs):
@@ -20,9 +20,4 @@ def get_loss(data_config, **kwargs):
     return torch.nn.CrossEntropyLoss()
 
 
-def get_train_fn(data_config, **kwargs):
-    return make_train_fn("classification", seed=seed_option(kwargs))
-
-
-def get_evaluate_fn(data_config, **kwargs):
-    return make_evaluate_fn("classification", seed=seed_option(kwargs))
+get_train_fn, get_evaluate_fn = network_hooks("classification")

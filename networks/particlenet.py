@@ -14,8 +14,8 @@ import torch
 from weaver.nn.model.ParticleNet import ParticleNet
 
 from weaver_ext.network import CountsNonFinite, NonFiniteMask, jet_model_info, nonfinite_mask
-from weaver_ext.reproducibility import apply_seed_option, seed_option, without_seed
-from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
+from weaver_ext.reproducibility import apply_seed_option, without_seed
+from weaver_ext.weaver_hooks import network_hooks
 
 # published JetClass ParticleNet (particle_transformer repository): three EdgeConv blocks, no fusion block
 JETCLASS_CONV_PARAMS = [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))]
@@ -122,11 +122,4 @@ def get_loss(data_config: Any, **kwargs: Any) -> torch.nn.Module:
     return torch.nn.CrossEntropyLoss()
 
 
-def get_train_fn(data_config: Any, **kwargs: Any) -> Any:
-    """weaver's classification loop, reseeded per epoch with ``-o seed`` (weaver_ext.weaver_hooks)."""
-    return make_train_fn("classification", seed=seed_option(kwargs))
-
-
-def get_evaluate_fn(data_config: Any, **kwargs: Any) -> Any:
-    """weaver's classification evaluation, with its own seed stream per epoch with ``-o seed``."""
-    return make_evaluate_fn("classification", seed=seed_option(kwargs))
+get_train_fn, get_evaluate_fn = network_hooks("classification")

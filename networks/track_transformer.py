@@ -8,9 +8,9 @@ An unknown option is an error listing the valid ones; ``-o seed N`` makes traini
 ``--load-epoch`` exact (weaver_ext/reproducibility.py). See docs/tracks.md.
 """
 
-from weaver_ext.reproducibility import apply_seed_option, seed_option, without_seed
+from weaver_ext.reproducibility import apply_seed_option, without_seed
 from weaver_ext.track import build_track_loss, build_track_model
-from weaver_ext.weaver_hooks import bind_loss, make_evaluate_fn, make_train_fn, register_model
+from weaver_ext.weaver_hooks import bind_loss, network_hooks, register_model
 
 WHERE = "networks/track_transformer.py"
 
@@ -25,9 +25,4 @@ def get_loss(data_config, **kwargs):
     return bind_loss(build_track_loss(data_config, without_seed(kwargs), where=WHERE))
 
 
-def get_train_fn(data_config, **kwargs):
-    return make_train_fn("regression", seed=seed_option(kwargs))
-
-
-def get_evaluate_fn(data_config, **kwargs):
-    return make_evaluate_fn("regression", seed=seed_option(kwargs))
+get_train_fn, get_evaluate_fn = network_hooks("regression")

@@ -9,9 +9,9 @@ docs/variants.md.
 import torch
 
 from weaver_ext.network import build_part_tagger
-from weaver_ext.reproducibility import apply_seed_option, seed_option
+from weaver_ext.reproducibility import apply_seed_option
 from weaver_ext.transformer import ConfigurableTransformer, TransformerConfig
-from weaver_ext.weaver_hooks import make_evaluate_fn, make_train_fn
+from weaver_ext.weaver_hooks import network_hooks
 
 
 def get_model(data_config, **kwargs):
@@ -24,9 +24,4 @@ def get_loss(data_config, **kwargs):
     return torch.nn.CrossEntropyLoss()
 
 
-def get_train_fn(data_config, **kwargs):
-    return make_train_fn("classification", seed=seed_option(kwargs))
-
-
-def get_evaluate_fn(data_config, **kwargs):
-    return make_evaluate_fn("classification", seed=seed_option(kwargs))
+get_train_fn, get_evaluate_fn = network_hooks("classification")

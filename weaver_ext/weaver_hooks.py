@@ -16,7 +16,15 @@ from typing import Any
 from torch import nn
 
 from .losses import AuxLoss
-from .reproducibility import TRAIN_STREAM, VAL_STREAM, begin_epoch, drain_loader, repair_resume, save_resume_state
+from .reproducibility import (
+    TRAIN_STREAM,
+    VAL_STREAM,
+    begin_epoch,
+    drain_loader,
+    repair_resume,
+    save_resume_state,
+    seed_option,
+)
 
 _LAST_MODEL: list[nn.Module] = []
 
@@ -150,3 +158,18 @@ def make_evaluate_fn(task: str = "classification", *, seed: int | None = None) -
         return result
 
     return evaluate
+
+
+def network_hooks(task: str = "classification") -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A network config's ``get_train_fn`` and ``get_evaluate_fn`` (``-o seed`` aware; ``-o task`` overrides ``task``).
+
+    Usage in a network config: ``get_train_fn, get_evaluate_fn = network_hooks("classification")``.
+    """
+
+    def get_train_fn(data_config: Any, **kwargs: Any) -> Callable[..., Any]:
+        return make_train_fn(kwargs.get("task", task), seed=seed_option(kwargs))
+
+    def get_evaluate_fn(data_config: Any, **kwargs: Any) -> Callable[..., Any]:
+        return make_evaluate_fn(kwargs.get("task", task), seed=seed_option(kwargs))
+
+    return get_train_fn, get_evaluate_fn
