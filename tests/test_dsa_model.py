@@ -249,7 +249,7 @@ def test_block_score_bound_is_an_upper_bound_of_every_key_in_the_block():
     """The first selection stage may only drop a block when no key inside it could score higher."""
     q, k, w, pad = _indexer_inputs()
     block = 16
-    kmax, kmin, empty = dsa.block_key_bounds(k, pad, block)
+    kmax, kmin, empty = dsa.block_key_bounds(*dsa.key_blocks(k, pad, block))
     bound = dsa.block_score_bound(q, w, kmax, kmin, empty)  # (B, c, nb)
     exact = dsa._indexer_scores(q, k, w, pad)  # (B, c, N), -inf on padding
     nb = bound.size(-1)

@@ -172,20 +172,24 @@ def _indexer_lse(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None) -> Tensor:
     return torch.logsumexp(_indexer_scores(q, k, w, pad), dim=-1)
 
 
-def block_key_bounds(k: Tensor, pad: Tensor | None, block: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Element-wise max and min of the real indexer keys of each block of ``block`` consecutive keys.
+def key_blocks(k: Tensor, pad: Tensor | None, block: int) -> tuple[Tensor, Tensor]:
+    """Indexer keys k (B, N, d) cut into blocks of ``block``: rows (B, nb, block * d) and missing (B, nb, block).
 
-    k (B, N, d) -> kmax, kmin (B, nb, d) (0 for blocks without a real key) and empty (B, nb).
+    ``missing`` marks padded keys and the slots past the last key (the last block is filled up with zeros).
     """
-    batch, length, dim = k.shape
-    nblocks = -(-length // block)
-    missing = pad if pad is not None else torch.zeros(batch, length, dtype=torch.bool, device=k.device)
-    extra = nblocks * block - length
-    if extra:
-        k = F.pad(k, (0, 0, 0, extra))
-        missing = F.pad(missing, (0, extra), value=True)
-    keys = k.view(batch, nblocks, block, dim)
-    miss = missing.view(batch, nblocks, block, 1)
+    if pad is None:
+        pad = torch.zeros(k.shape[:2], dtype=torch.bool, device=k.device)
+    return _blocked(k, block, 0.0), _blocked(pad, block, True)
+
+
+def block_key_bounds(rows: Tensor, missing: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Element-wise max and min of the real keys of each block (``key_blocks`` output).
+
+    -> kmax, kmin (B, nb, d) (0 for blocks without a real key) and empty (B, nb).
+    """
+    batch, nblocks, block = missing.shape
+    keys = rows.view(batch, nblocks, block, -1)
+    miss = missing.unsqueeze(-1)
     empty = miss.all(2)  # (B, nb, 1)
     kmax = keys.masked_fill(miss, float("-inf")).amax(2).masked_fill(empty, 0.0)
     kmin = keys.masked_fill(miss, float("inf")).amin(2).masked_fill(empty, 0.0)
@@ -214,21 +218,21 @@ def _blocked(x: Tensor, block: int, fill: float | bool) -> Tensor:
     return x.reshape(x.size(0), x.size(1) // block, -1)
 
 
-def _candidate_scores(q: Tensor, key_blocks: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
+def _candidate_scores(q: Tensor, rows: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
     """Exact indexer scores of the keys of each query's chosen blocks best (B, c, m): (B, c, m * block).
 
-    Whole blocks are gathered as rows of ``key_blocks`` (B, nb, block * d), which is much cheaper than gathering
+    Whole blocks are gathered as ``rows`` (B, nb, block * d) of ``key_blocks``, much cheaper than gathering
     m * block single keys; -inf where ``cand_out`` (padding, or past the last key).
     """
     batch, chunk, _ = best.shape
-    keys = _gather_keys(key_blocks, best).view(batch, chunk, -1, q.size(-1))  # (B, c, m * block, d)
+    keys = _gather_keys(rows, best).view(batch, chunk, -1, q.size(-1))  # (B, c, m * block, d)
     s = q.transpose(1, 2) @ keys.transpose(-1, -2)  # (B, c, h, m * block)
     s = (F.relu(s) * w.transpose(1, 2)).sum(2)
     return s.masked_fill(cand_out, float("-inf"))
 
 
-def _candidate_lse(q: Tensor, key_blocks: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
-    return torch.logsumexp(_candidate_scores(q, key_blocks, w, best, cand_out), dim=-1)
+def _candidate_lse(q: Tensor, rows: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
+    return torch.logsumexp(_candidate_scores(q, rows, w, best, cand_out), dim=-1)
 
 
 def _gather_keys(x: Tensor, idx: Tensor) -> Tensor:
@@ -367,10 +371,8 @@ class DSAAttention(MultiheadAttention):
         nblocks, block = self.blocks_per_query(kmax), self.block_size
         two_stage = nblocks * block < length
         if two_stage:
-            kmax_blk, kmin_blk, empty = block_key_bounds(ik, pad_or_none, block)
-            key_blocks = _blocked(ik, block, 0.0)  # (B, nb, block * d)
-            missing = _blocked(pad_or_none if pad_or_none is not None else
-                               torch.zeros(batch, length, dtype=torch.bool, device=ik.device), block, True)
+            rows, missing = key_blocks(ik, pad_or_none, block)  # (B, nb, block * d), (B, nb, block)
+            kmax_blk, kmin_blk, empty = block_key_bounds(rows, missing)
             offsets = torch.arange(block, device=ik.device)
             per_query = batch * (max(heads, dim) * nblocks * block + heads * kmax_blk.size(1))
         else:
@@ -383,7 +385,7 @@ class DSAAttention(MultiheadAttention):
                 if two_stage:
                     best = block_score_bound(q, w, kmax_blk, kmin_blk, empty).topk(nblocks, dim=-1).indices
                     cand_out = _gather_keys(missing, best).flatten(2)  # (B, c, nblocks * block)
-                    top = _candidate_scores(q, key_blocks, w, best, cand_out).topk(kmax, dim=-1)
+                    top = _candidate_scores(q, rows, w, best, cand_out).topk(kmax, dim=-1)
                     cand = (best.unsqueeze(-1) * block + offsets).flatten(2).clamp(max=length - 1)
                     idx_parts.append(cand.gather(-1, top.indices))
                 else:
@@ -391,7 +393,7 @@ class DSAAttention(MultiheadAttention):
                     idx_parts.append(top.indices)
                 found_parts.append(torch.isfinite(top.values))
             if collect and two_stage:
-                lse_parts.append(checkpoint(_candidate_lse, q, key_blocks, w, best, cand_out, use_reentrant=False))
+                lse_parts.append(checkpoint(_candidate_lse, q, rows, w, best, cand_out, use_reentrant=False))
             elif collect:
                 lse_parts.append(checkpoint(_indexer_lse, q, ik, w, pad, use_reentrant=False))
         lse = torch.cat(lse_parts, dim=1) if collect else None
