@@ -23,7 +23,7 @@ from profiling.loading import load_real_jets, synthetic_inputs
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from weaver_ext.checkpoint import CheckpointError, load_checkpoint
 from weaver_ext.config import OptionError
-from weaver_ext.network import MASKED_VECTOR
+from weaver_ext.part import MASKED_VECTOR
 
 KIN = JETCLASS_CONFIGS / "JetClass_kin.yaml"
 TINY = {"num_layers": 1, "num_cls_layers": 1, "embed_dims": (16, 16), "pair_embed_dims": (8,), "num_heads": 2}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import OptionError, from_options
-from .part import MASKED_VECTOR, ParTConfig, ParticleTransformer
+from .part import ParTConfig, ParticleTransformer, masked_vector_like
 
 Tensor = torch.Tensor
 
@@ -56,9 +56,9 @@ class NonFiniteMask(nn.Module):
             if self.log:
                 self._log(int(bad))
         zero = torch.zeros((), dtype=features.dtype, device=features.device)
-        fill = torch.tensor(MASKED_VECTOR, dtype=vectors.dtype, device=vectors.device).view(1, 4, 1)
         return (torch.where(finite, points, zero), torch.where(finite, features, zero),
-                torch.where(finite, vectors, fill), torch.where(finite, mask, torch.zeros_like(mask)))
+                torch.where(finite, vectors, masked_vector_like(vectors)),
+                torch.where(finite, mask, torch.zeros_like(mask)))
 
     @torch.jit.ignore
     def _log(self, count: int) -> None:

@@ -37,6 +37,11 @@ Tensor = torch.Tensor
 # because atan2(0, 0) in the pair features is NaN once exported to ONNX
 MASKED_VECTOR = (1.0, 0.0, 0.0, 1.0)
 
+
+def masked_vector_like(v: Tensor) -> Tensor:
+    """``MASKED_VECTOR`` as a (1, 4, 1) tensor with v's dtype and device, to fill (B, 4, P) four-vectors."""
+    return torch.tensor(MASKED_VECTOR, dtype=v.dtype, device=v.device).view(1, 4, 1)
+
 _PAIR_INPUT_DIMS = {"pp": 4, "ee": 6, "xyzt": 7}
 
 
@@ -240,8 +245,7 @@ class ParticleTransformer(nn.Module):
             return ref.new_zeros(mask.size(0), self.pair_embed.out_dim, mask.size(-1), mask.size(-1))
         if v is not None and self.cfg.for_inference:
             # the dense (export) path embeds padded pairs too: zero padding would give atan2(0, 0), NaN in ONNX
-            fill = torch.tensor(MASKED_VECTOR, dtype=v.dtype, device=v.device).view(1, 4, 1)
-            v = torch.where(mask.bool(), v, fill)
+            v = torch.where(mask.bool(), v, masked_vector_like(v))
         return self.pair_embed(v, uu=uu, mask=mask)
 
     def encode_trimmed(

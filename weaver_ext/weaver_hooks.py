@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from .losses import AuxLoss
+from .network import NonFiniteMask
 from .reproducibility import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -87,8 +88,6 @@ def log_epoch(model: nn.Module, loss_func: Any, epoch: int, tb_helper: Any = Non
 def log_nonfinite(model: nn.Module, epoch: int) -> int:
     """Log (weaver's log, warning) and reset the particles masked for NaN/inf inputs during the epoch."""
     from weaver.utils.logger import _logger
-
-    from .network import NonFiniteMask
 
     count = 0
     for module in model.modules():
