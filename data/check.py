@@ -1,4 +1,4 @@
-"""Preflight check of ROOT input files against a weaver data config, before a long ``weaver`` run.
+"""Preflight check of ROOT and parquet input files against a weaver data config, before a long ``weaver`` run.
 
 ``python -m data.check FILES... -c DATA_CONFIG.yaml [--tree NAME] [--max-entries N] [--allow-nonfinite]``
 
@@ -9,11 +9,12 @@ per problem, ``FILE: problem``, then a summary line. Exit code: 0 clean, 1 any p
 
 Which branches: weaver-core's own ``DataConfig`` works out the raw branches it will load (inputs, labels,
 observers, monitor variables, weights, selection and ``new_variables`` expressions, resolved through
-``new_variables``); the checker uses exactly that set. Per file it checks: exists, non-empty, opens with uproot,
-has the TTree, > 0 entries, every needed branch present, numeric type (bool/int/float), the structure weaver
-expects (jagged for branches an input group pads per particle; flat for simple labels, weights and unpadded
-inputs), every basket readable (each needed branch is read in full, in chunks), equal particle counts across the
-jagged branches of one input group, one-hot simple labels, and NaN / +inf / -inf counts per branch.
+``new_variables``); the checker uses exactly that set. Per file it checks: exists, non-empty, opens (uproot for
+ROOT, pyarrow for parquet), has the TTree, > 0 entries, every needed branch present, numeric type (bool, int,
+float), the structure weaver expects (jagged for branches an input group pads per particle; flat for simple
+labels, weights and unpadded inputs), every basket readable (each needed branch is read in full, in chunks),
+equal particle counts across the jagged branches of one input group, one-hot simple labels, and NaN / +inf /
+-inf counts per branch.
 
 Non-finite policy: a file with any NaN or +-inf in a needed branch is REJECTED (exit 1, one line per branch with
 the counts), because weaver turns NaN into 0 and passes inf in unstandardised inputs (``pf_vectors``) straight to
@@ -28,7 +29,7 @@ import argparse
 import glob
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -293,79 +294,122 @@ def check_files(files: Sequence[str | Path], data_config_path: str | Path, *, tr
     return CheckReport(reports, tuple(sorted(b.name for b in req.branches.values())), allow_nonfinite)
 
 
-def _check_one(rep: FileReport, req: Requirements, *, treename: str | None, max_entries: int | None,
-               allow_nonfinite: bool, check_labels: bool, step: int) -> None:
-    """Fill ``rep`` with the problems of one file (stops at the first problem that makes the rest meaningless)."""
-    import uproot
+@dataclass
+class Source:
+    """One opened input file, ROOT TTree or parquet table, seen as named columns (weaver's 'branches')."""
 
+    what: str  # for messages: "TTree 'tree'" or "parquet table"
+    entries: int
+    branches: set[str]
+    read: Callable[[str, int, int], ak.Array]  # (branch, start, stop) -> array
+    typename: Callable[[str], str]  # the file's own type name of a branch, for messages
+
+
+def open_source(rep: FileReport, treename: str | None) -> Source | None:
+    """Open ``rep.path`` (after the file-level checks) as a ``Source``; None after a problem (added to ``rep``)."""
     path = Path(rep.path)
     if path.suffix not in WEAVER_EXTENSIONS:
         rep.add(f"weaver reads only {', '.join(WEAVER_EXTENSIONS)} files, not '{path.suffix or path.name}'")
-        return
-    if path.suffix != ".root":
-        rep.add(f"not checked: this checker reads ROOT files only ({path.suffix})", "warning")
-        return
+        return None
+    if path.suffix not in (".root", ".parquet"):
+        rep.add(f"not checked: this checker reads ROOT and parquet files only ({path.suffix})", "warning")
+        return None
     if not path.exists():
         rep.add("file not found")
-        return
+        return None
     if not path.is_file():
         rep.add("not a regular file")
-        return
+        return None
     if path.stat().st_size == 0:
         rep.add("file is empty (0 bytes)")
-        return
+        return None
+    return _open_parquet(rep, path) if path.suffix == ".parquet" else _open_root(rep, path, treename)
+
+
+def _open_root(rep: FileReport, path: Path, treename: str | None) -> Source | None:
+    import uproot
+
     try:
         rfile = uproot.open(path)
     except Exception as exc:  # noqa: BLE001
         rep.add(f"cannot open as a ROOT file (truncated or corrupt?): {type(exc).__name__}: {_one_line(exc)}")
+        return None
+    tree = _find_tree(rep, rfile, treename)
+    if tree is None:
+        return None
+    return Source(f"TTree '{tree.name}'", int(tree.num_entries), set(tree.keys(recursive=True)),
+                  lambda name, start, stop: tree[name].array(entry_start=start, entry_stop=stop, library="ak"),
+                  lambda name: tree[name].typename)
+
+
+def _open_parquet(rep: FileReport, path: Path) -> Source | None:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+        schema = table.schema_arrow
+    except Exception as exc:  # noqa: BLE001
+        rep.add(f"cannot open as a parquet file (truncated or corrupt?): {type(exc).__name__}: {_one_line(exc)}")
+        return None
+    columns: dict[str, ak.Array] = {}
+
+    def read(name: str, start: int, stop: int) -> ak.Array:
+        if name not in columns:  # parquet reads whole columns; keep the one being scanned
+            columns.clear()
+            columns[name] = ak.from_parquet(path, columns=[name])[name]
+        return columns[name][start:stop]
+
+    return Source("parquet table", int(table.metadata.num_rows), set(schema.names), read,
+                  lambda name: str(schema.field(name).type))
+
+
+def _check_one(rep: FileReport, req: Requirements, *, treename: str | None, max_entries: int | None,
+               allow_nonfinite: bool, check_labels: bool, step: int) -> None:
+    """Fill ``rep`` with the problems of one file (stops at the first problem that makes the rest meaningless)."""
+    source = open_source(rep, treename)
+    if source is None:
         return
-    with rfile:
-        tree = _find_tree(rep, rfile, treename)
-        if tree is None:
-            return
-        rep.entries = int(tree.num_entries)
-        if rep.entries == 0:
-            rep.add(f"TTree '{tree.name}' has 0 entries")
-            return
-        stop = rep.entries if max_entries is None else min(rep.entries, max_entries)
-        rep.entries = stop
-        present = set(tree.keys(recursive=True))
-        missing = sorted(b.name for b in req.branches.values() if b.name not in present)
-        if missing:
-            rep.add(f"missing branch(es) {', '.join(repr(m) for m in missing)} in TTree '{tree.name}' "
-                    f"({len(missing)} of {len(req.branches)} needed)")
-        counts: dict[str, np.ndarray] = {}
-        labels: dict[str, np.ndarray] = {}
-        unreadable: dict[str, str] = {}
-        for need in req.branches.values():
-            if need.name not in present:
-                continue
-            scanned = _scan_branch(rep, tree[need.name], need, stop=stop, step=step,
-                                   keep_values=need.name in req.simple_labels)
-            if isinstance(scanned, str):
-                unreadable[need.name] = scanned
-                continue
-            if scanned is None:
-                continue
-            stats, branch_counts, values = scanned
-            rep.branches[need.name] = stats
-            if branch_counts is not None:
-                counts[need.name] = branch_counts
-            if values is not None:
-                labels[need.name] = values
-            if stats.nonfinite:
-                rep.add(f"branch '{need.name}' has {stats.nonfinite} non-finite value(s) of {stats.values} "
-                        f"(NaN {stats.nan}, +inf {stats.posinf}, -inf {stats.neginf})",
-                        "warning" if allow_nonfinite else "error")
-        if unreadable:
-            shown = list(unreadable)[:5]
-            more = f" and {len(unreadable) - len(shown)} more" if len(unreadable) > len(shown) else ""
-            names = ", ".join(repr(n) for n in shown) + more
-            rep.add(f"{len(unreadable)} of {len(req.branches)} needed branches cannot be read (truncated or corrupt "
-                    f"file?): {names}; first error: {next(iter(unreadable.values()))}")
-        _check_counts(rep, req, counts)
-        if check_labels and req.simple_labels and set(req.simple_labels) <= set(labels):
-            _check_one_hot(rep, [labels[n] for n in req.simple_labels])
+    rep.entries = source.entries
+    if rep.entries == 0:
+        rep.add(f"{source.what} has 0 entries")
+        return
+    stop = rep.entries if max_entries is None else min(rep.entries, max_entries)
+    rep.entries = stop
+    missing = sorted(b.name for b in req.branches.values() if b.name not in source.branches)
+    if missing:
+        rep.add(f"missing branch(es) {', '.join(repr(m) for m in missing)} in {source.what} "
+                f"({len(missing)} of {len(req.branches)} needed)")
+    counts: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    unreadable: dict[str, str] = {}
+    for need in req.branches.values():
+        if need.name not in source.branches:
+            continue
+        scanned = _scan_branch(rep, source, need, stop=stop, step=step, keep_values=need.name in req.simple_labels)
+        if isinstance(scanned, str):
+            unreadable[need.name] = scanned
+            continue
+        if scanned is None:
+            continue
+        stats, branch_counts, values = scanned
+        rep.branches[need.name] = stats
+        if branch_counts is not None:
+            counts[need.name] = branch_counts
+        if values is not None:
+            labels[need.name] = values
+        if stats.nonfinite:
+            rep.add(f"branch '{need.name}' has {stats.nonfinite} non-finite value(s) of {stats.values} "
+                    f"(NaN {stats.nan}, +inf {stats.posinf}, -inf {stats.neginf})",
+                    "warning" if allow_nonfinite else "error")
+    if unreadable:
+        shown = list(unreadable)[:5]
+        more = f" and {len(unreadable) - len(shown)} more" if len(unreadable) > len(shown) else ""
+        names = ", ".join(repr(n) for n in shown) + more
+        rep.add(f"{len(unreadable)} of {len(req.branches)} needed branches cannot be read (truncated or corrupt "
+                f"file?): {names}; first error: {next(iter(unreadable.values()))}")
+    _check_counts(rep, req, counts)
+    if check_labels and req.simple_labels and set(req.simple_labels) <= set(labels):
+        _check_one_hot(rep, [labels[n] for n in req.simple_labels])
 
 
 def _find_tree(rep: FileReport, rfile: Any, treename: str | None) -> Any:
@@ -403,7 +447,7 @@ def _find_tree(rep: FileReport, rfile: Any, treename: str | None) -> Any:
         return None
 
 
-def _scan_branch(rep: FileReport, branch: Any, need: BranchNeed, *, stop: int, step: int,
+def _scan_branch(rep: FileReport, source: Source, need: BranchNeed, *, stop: int, step: int,
                  keep_values: bool) -> tuple[BranchStats, np.ndarray | None, np.ndarray | None] | str | None:
     """Read one branch in chunks: type, structure, non-finite counts.
 
@@ -414,11 +458,11 @@ def _scan_branch(rep: FileReport, branch: Any, need: BranchNeed, *, stop: int, s
     values: list[np.ndarray] = []
     for start in range(0, stop, step):
         try:
-            arr = branch.array(entry_start=start, entry_stop=min(stop, start + step), library="ak")
+            arr = source.read(need.name, start, min(stop, start + step))
         except Exception as exc:  # noqa: BLE001
             return f"entries {start}-{min(stop, start + step)}: {type(exc).__name__}: {_one_line(exc)}"
         if stats is None:
-            stats = _branch_type(rep, arr, need, branch)
+            stats = _branch_type(rep, arr, need, source.typename(need.name))
             if stats is None:
                 return None
         flat = ak.to_numpy(ak.flatten(arr, axis=None)) if stats.jagged else ak.to_numpy(arr)
@@ -437,7 +481,7 @@ def _scan_branch(rep: FileReport, branch: Any, need: BranchNeed, *, stop: int, s
     return stats, (np.concatenate(counts) if counts else None), (np.concatenate(values) if values else None)
 
 
-def _branch_type(rep: FileReport, arr: ak.Array, need: BranchNeed, branch: Any) -> BranchStats | None:
+def _branch_type(rep: FileReport, arr: ak.Array, need: BranchNeed, typename: str) -> BranchStats | None:
     """Check that a branch is numeric, flat or one-level jagged, as ``need`` expects; None after a problem."""
     typ = arr.type.content
     type_str = str(typ)
@@ -446,7 +490,7 @@ def _branch_type(rep: FileReport, arr: ak.Array, need: BranchNeed, branch: Any) 
     numeric = isinstance(leaf, ak.types.NumpyType) and not _is_string(leaf) and (
         leaf.primitive == "bool" or leaf.primitive.startswith(("int", "uint", "float")))
     if not numeric:
-        rep.add(f"branch '{need.name}' has type '{type_str}' (ROOT '{branch.typename}'), expected numbers "
+        rep.add(f"branch '{need.name}' has type '{type_str}' (in the file: '{typename}'), expected numbers "
                 "(bool, int or float)")
         return None
     if need.kind == "particle" and not jagged:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from weaver.nn.model.ParticleNet import ParticleNet
 
-from weaver_ext.network import CountsNonFinite, NonFiniteMask, jet_model_info, nonfinite_mask
+from weaver_ext.network import CountsNonFinite, NonFiniteMask, jet_model_info, nonfinite_mask, resolve_num_classes
 from weaver_ext.reproducibility import apply_seed_option, without_seed
 from weaver_ext.weaver_hooks import network_hooks
 
@@ -52,6 +52,7 @@ class MinLengthTrimmer(torch.nn.Module):
 
     ParticleNet's k-nearest-neighbour search needs at least k + 1 slots; weaver's trimmer cuts a batch to its
     longest jet, which fails when every jet in the batch has <= k particles (e.g. ``--predict --batch-size 1``).
+    Inputs that are shorter than ``min_length`` to begin with (a caller trimming to 16 particles) are padded too.
     """
 
     def __init__(self, trimmer: torch.nn.Module, min_length: int) -> None:
@@ -60,9 +61,8 @@ class MinLengthTrimmer(torch.nn.Module):
         self.min_length = min_length
 
     def forward(self, x, v=None, mask=None, uu=None):  # same signature as weaver's SequenceTrimmer
-        full_length = x.size(-1)
         x, v, mask, uu = self.trimmer(x, v, mask, uu)
-        missing = min(self.min_length, full_length) - x.size(-1)
+        missing = self.min_length - x.size(-1)
         if missing > 0:
             x = torch.nn.functional.pad(x, (0, missing))
             mask = torch.nn.functional.pad(mask, (0, missing))
@@ -81,6 +81,7 @@ class ParticleNetWrapper(CountsNonFinite, torch.nn.Module):
         self.mod = ParticleNet(**kwargs)
         max_k = max(k for k, _ in kwargs["conv_params"])
         self.mod.trimmer = MinLengthTrimmer(self.mod.trimmer, max_k + 1)
+        self.min_input_length = max_k + 1  # read by the profiler's multiplicity sweep
         self.nonfinite = nonfinite
 
     def forward(
@@ -95,11 +96,12 @@ def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[st
     """Build ParticleNet for weaver: returns ``(model, model_info)`` with dynamic batch and particle axes."""
     options = apply_seed_option(kwargs)
     nonfinite = nonfinite_mask(options, where="networks/particlenet.py")
+    num_classes = resolve_num_classes(data_config, options, where="networks/particlenet.py")
     opts = parse_options(options)
     model = ParticleNetWrapper(
         nonfinite=nonfinite,
         input_dims=len(data_config.input_dicts["pf_features"]),
-        num_classes=len(data_config.label_value),
+        num_classes=num_classes,
         conv_params=[(int(k), tuple(int(c) for c in ch)) for k, ch in opts.conv_params],
         fc_params=[(int(c), float(d)) for c, d in opts.fc_params],
         use_fusion=opts.use_fusion,
@@ -118,6 +120,7 @@ def get_loss(data_config: Any, **kwargs: Any) -> torch.nn.Module:
     """Cross-entropy over the JetClass labels (options are validated like in ``get_model``)."""
     options = without_seed(kwargs)
     nonfinite_mask(options, where="networks/particlenet.py")
+    resolve_num_classes(data_config, options, where="networks/particlenet.py")
     parse_options(options)
     return torch.nn.CrossEntropyLoss()
 

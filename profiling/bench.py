@@ -48,13 +48,16 @@ class BenchConfig:
 def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.device):
     """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and ours with the same weights."""
     torch.manual_seed(cfg.seed)
-    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=1)
+    ours_cfg = ParTConfig(input_dim=input_dim, num_classes=num_classes)
+    # built as the published recipe builds it (example_ParticleTransformer.py), which our defaults reproduce
+    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=1,
+                           use_pre_activation_pair=ours_cfg.use_pre_activation_pair)
     if cfg.weights:
         state = read_state_dict(cfg.weights)
         state = {k.removeprefix("mod."): v for k, v in state.items()}
         check_state_dict(reference, state, source=cfg.weights)
         reference.load_state_dict(state)
-    ours = ParticleTransformer(ParTConfig(input_dim=input_dim, num_classes=num_classes))
+    ours = ParticleTransformer(ours_cfg)
     ours.load_state_dict(reference.state_dict())
     fast = FastParT(ours.to(device).eval(), FastInferenceConfig(bucket_size=cfg.bucket_size, dtype=cfg.dtype))
     return reference.to(device).eval(), fast

@@ -151,8 +151,10 @@ def train_and_score(run: Path, options: dict[str, str], *, train: list[str], tes
     subprocess.run([weaver, "--data-train", *train, *common, "--model-prefix", str(run / "net"), "--num-epochs",
                     str(epochs), "--batch-size", "64", "--start-lr", "3e-3", "--optimizer", "adamw",
                     "--log-file", str(run / "train.log")], check=True, cwd=run, capture_output=True, env=env)
+    best = run / "net_best_epoch_state.pt"  # written only when validation accuracy beats 0: else the last epoch
+    checkpoint = best if best.is_file() else run / f"net_epoch-{epochs - 1}_state.pt"
     subprocess.run([weaver, "--predict", "--data-test", *test, *common, "--model-prefix",
-                    str(run / "net_best_epoch_state.pt"), "--batch-size", "256", "--predict-output",
+                    str(checkpoint), "--batch-size", "256", "--predict-output",
                     str(run / "pred.root")], check=True, cwd=run, capture_output=True, env=env)
     events = uproot.open(run / "pred.root")["Events"].arrays(library="np")
     scores = np.stack([events[f"score_{label}"] for label in labels], axis=1)

@@ -58,19 +58,63 @@ def _pick_profile_batch(cfg: ProfileConfig) -> int:
     return min(cfg.batch_sizes, key=lambda b: (abs(math.log(b / 64)), b))
 
 
-def _input_pool(cfg: ProfileConfig, data_config: Any, size: int) -> tuple[dict[str, torch.Tensor], str]:
-    """Real jets (weaver's dataset) or synthetic ones; returns the pool and a description."""
+def _check_sources(cfg: ProfileConfig) -> loading.InputPlan | None:
+    """Preflight the ``--input`` files before anything is built (None for ``--synthetic``)."""
     if cfg.synthetic == bool(cfg.input_glob):
-        raise ValueError("give exactly one of --input ROOT_GLOB or --synthetic")
+        raise ValueError("give exactly one of --input FILE_GLOB or --synthetic")
     if cfg.synthetic:
+        return None
+    files = loading.expand_input_files(cfg.input_glob)
+    return loading.plan_inputs(cfg.data_config, files, work_dir=Path(cfg.out_dir) / "inputs")
+
+
+def _input_pool(cfg: ProfileConfig, plan: loading.InputPlan | None, data_config: Any,
+                size: int) -> tuple[dict[str, torch.Tensor], str]:
+    """Real jets (weaver's dataset, reading only what ``plan`` allows) or synthetic ones, and a description."""
+    if plan is None:
         pool = loading.synthetic_inputs(
             data_config, batch_size=size, multiplicity=tuple(cfg.synthetic_multiplicity), seed=cfg.seed
         )
         lo, hi = cfg.synthetic_multiplicity
         return pool, f"synthetic jets, {lo}-{hi} particles"
     files = loading.expand_input_files(cfg.input_glob)
-    pool = loading.load_real_inputs(files, cfg.data_config, max_jets=min(size, cfg.max_jets))
+    pool = loading.load_real_inputs(files, plan.data_config, max_jets=min(size, cfg.max_jets))
     return pool, f"{next(iter(pool.values())).shape[0]} real jets from {len(files)} file(s)"
+
+
+def min_input_length(model: torch.nn.Module) -> int:
+    """Fewest particle slots the model runs on: a kNN model needs k + 1. Read from a ``min_input_length``
+    attribute (our network configs) or from weaver-core's ``EdgeConvBlock.k`` (anyone's ParticleNet)."""
+    declared = [int(getattr(m, "min_input_length", 1)) for m in model.modules()]
+    knn = [int(m.k) + 1 for m in model.modules() if type(m).__name__ == "EdgeConvBlock"]
+    return max([1, *declared, *knn])
+
+
+def multiplicity_sweep(cfg: ProfileConfig, model: torch.nn.Module, data_config: Any, names: Sequence[str],
+                       batch_size: int, max_len: int, device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
+    """Latency and FLOPs of synthetic jets of n particles, inputs padded to n slots (what an exported model costs
+    on batches trimmed to n). Below the model's minimum length the inputs get masked slots up to it; a point the
+    model cannot run is skipped. Returns the rows and a note per padded or skipped point."""
+    min_len = min_input_length(model)
+    rows, notes = [], []
+    for n in [m for m in cfg.multiplicities if m <= max_len]:
+        length = max(n, min_len)
+        syn = loading.synthetic_inputs(data_config, batch_size=batch_size, multiplicity=n, seed=cfg.seed + n,
+                                       length=length)
+        batch = _to([syn[k] for k in names], device)
+        try:
+            n_flops = flops_mod.count_flops(model, batch).matmul_flops / batch_size  # doubles as a warm-up
+        except (RuntimeError, IndexError, ValueError) as exc:
+            notes.append(f"{n} particles: skipped, the model does not run on {length} slots "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+            continue
+        lat = measure.time_forward(model, batch, num_threads=cfg.threads, min_run_time=cfg.min_run_time / 2,
+                                   min_runs=3)
+        rows.append({"multiplicity": n, "slots": length, **lat.to_dict(), "flops_per_jet": n_flops})
+        if length > n:
+            notes.append(f"{n} particles: inputs padded to {length} slots ({length - n} masked), the model's "
+                         f"minimum input length (k-nearest neighbours need k + 1)")
+    return rows, notes
 
 
 def _to(batch: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -155,12 +199,13 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    plan = _check_sources(cfg)
     data_config = loading.load_data_config(cfg.data_config)
     a = loading.load_model(cfg.network_config, data_config, weights=cfg.weights, options=cfg.options,
                            device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed)
     names = a.input_names
     pbatch = _pick_profile_batch(cfg)
-    pool, pool_desc = _input_pool(cfg, data_config, max(max(cfg.batch_sizes), pbatch))
+    pool, pool_desc = _input_pool(cfg, plan, data_config, max(max(cfg.batch_sizes), pbatch))
     mask_name = loading.mask_input_name(names)
     steps = ["latency", "profiler", "flops", "multiplicity", "subnormals"] + (
         ["compare"] if cfg.weights or cfg.compare_weights else [])
@@ -190,7 +235,9 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
             "torch": torch.__version__, "device": str(device), "threads": cfg.threads,
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
-        "inputs": {"source": pool_desc, "multiplicity": loading.real_multiplicity(pool, mask_name)},
+        "inputs": {"source": pool_desc, "multiplicity": loading.real_multiplicity(pool, mask_name),
+                   "data_config_read": str(plan.data_config) if plan else None,
+                   "notes": list(plan.notes) if plan else []},
     }
 
     # latency / throughput vs batch size
@@ -221,15 +268,8 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     # latency and FLOPs vs particle multiplicity: synthetic jets of n particles, inputs padded to n (no empty
     # slots), i.e. what an exported model costs when fed batches trimmed to n particles
     max_len = next(iter(pool.values())).shape[-1]
-    sweep = []
-    for n in [m for m in cfg.multiplicities if m <= max_len]:
-        syn = loading.synthetic_inputs(data_config, batch_size=pbatch, multiplicity=n, seed=cfg.seed + n, length=n)
-        batch = _to([syn[k] for k in names], device)
-        n_flops = flops_mod.count_flops(a.model, batch).matmul_flops / pbatch  # doubles as the new-shape warm-up
-        lat = measure.time_forward(a.model, batch, num_threads=cfg.threads, min_run_time=cfg.min_run_time / 2,
-                                   min_runs=3)
-        sweep.append({"multiplicity": n, **lat.to_dict(), "flops_per_jet": n_flops})
-    results["latency_vs_multiplicity"] = sweep
+    results["latency_vs_multiplicity"], results["multiplicity_notes"] = multiplicity_sweep(
+        cfg, a.model, data_config, names, pbatch, max_len, device)
     done("multiplicity")
 
     results["subnormals"] = {"weights": measure.subnormal_weights(a.model),
@@ -324,8 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         results = run_profile(cfg)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # bad input: the message says what and where
+        print("\n".join(f"error: {line}" for line in str(exc).splitlines() or [type(exc).__name__]), file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - anyone's network config can raise anything: one line, no traceback
+        print(f"error: {args.network_config}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
         return 2
     print(report.terminal_summary(results))
     return 0

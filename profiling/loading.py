@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import glob
 import math
+import tempfile
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from weaver_ext.checkpoint import load_checkpoint
 
@@ -54,12 +56,12 @@ def parse_network_options(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
 
 
 def load_data_config(path: str | Path) -> Any:
-    """Load a weaver YAML data config the way weaver does for inference/export."""
-    from weaver.utils.dataset import DataConfig
+    """The data config as weaver builds the model from it (no observers, no reweighting); one-line errors."""
+    from data.check import load_data_config as load_checked
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"data config not found: {path}")
-    return DataConfig.load(str(path), load_observers=False, load_reweight_info=False)
+    full = load_checked(path)  # ConfigError (a ValueError) naming the file for a missing or invalid config
+    options = {**full.options, "observers": None, "weights": None}
+    return type(full)(print_info=False, **options)
 
 
 def build_model(
@@ -134,6 +136,77 @@ def warm_up(model: torch.nn.Module, inputs: Sequence[torch.Tensor], *, device: t
 # ----------------------------------------------------------------------------------------------------------------
 # real inputs through weaver's own dataset
 # ----------------------------------------------------------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """``--input`` files that cannot be profiled: one line per problem, each naming the file."""
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What the profiler reads from its ``--input`` files: a data config reduced to the model inputs, plus the
+    labels and the selection where every file has their branches; ``notes`` say what was left out and why."""
+
+    data_config: Path
+    notes: tuple[str, ...]
+
+
+# the parts of a data config that the profiler reads only when the files have their branches
+_OPTIONAL_PARTS = {"labels": ("labels",), "selection": ("selection", "test_time_selection")}
+
+
+def plan_inputs(data_config_path: str | Path, files: Sequence[str], *, work_dir: Path) -> InputPlan:
+    """Preflight (``data.check``) the files for the model inputs, then add the optional parts they support.
+
+    Observers, monitor variables and reweighting are never read: a file without ``jet_tau1`` profiles fine. Any
+    problem with an input branch (missing, truncated or empty file, wrong structure) is an ``InputError``.
+    """
+    from data import check
+
+    check.load_data_config(data_config_path)  # a one-line ConfigError for an unusable config
+    options = yaml.safe_load(Path(data_config_path).read_text())
+    kept = {**options, "observers": [], "monitor_variables": [], "weights": None, "selection": None,
+            "test_time_selection": None, "labels": {"type": "custom", "value": {}}}
+    with tempfile.TemporaryDirectory(prefix="weaverlab_plan_") as tmp:
+        inputs_only = _write_config(kept, Path(tmp) / "inputs_only.yaml")
+        report = check.check_files(files, inputs_only, mode="test", allow_nonfinite=True, progress=False)
+        if not report.ok:
+            raise InputError("\n".join(p.line() for p in report.errors))
+        notes = [p.line() for p in report.problems]  # warnings only, e.g. NaN counts (the model masks them)
+        base = _needed_branches(inputs_only)
+        for part, keys in _OPTIONAL_PARTS.items():
+            if not any(options.get(k) for k in keys):
+                continue
+            trial = {**kept, **{k: options.get(k) for k in keys}}
+            extra = sorted(_needed_branches(_write_config(trial, Path(tmp) / f"with_{part}.yaml")) - base)
+            lacking = [f for f in files if not set(extra) <= _branches(f, options.get("treename"))]
+            if lacking:
+                notes.append(f"{part} not read: {len(lacking)} of {len(files)} file(s) lack branch(es) "
+                             f"{', '.join(extra)} (first: {lacking[0]})")
+            else:
+                kept = trial
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return InputPlan(_write_config(kept, work_dir / "profiling_inputs.yaml"), tuple(notes))
+
+
+def _write_config(options: dict[str, Any], path: Path) -> Path:
+    path.write_text(yaml.safe_dump(options, sort_keys=False))
+    return path
+
+
+def _needed_branches(config_path: Path) -> set[str]:
+    """The file branches weaver reads for ``--predict`` with this data config."""
+    from data import check
+
+    return {b.name for b in check.requirements(check.load_data_config(config_path), mode="test").branches.values()}
+
+
+def _branches(path: str, treename: str | None) -> set[str]:
+    """Branch (column) names of one input file that already passed the preflight."""
+    from data.check import FileReport, open_source
+
+    source = open_source(FileReport(path), treename)
+    return set() if source is None else source.branches
 
 
 def expand_input_files(pattern: str | Sequence[str]) -> list[str]:

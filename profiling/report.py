@@ -136,6 +136,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- device: {results['environment']['device']}, threads: {results['environment']['threads']}, "
         f"torch {results['environment']['torch']}",
         f"- inputs: {results['inputs']['source']}; for_inference={cfg['for_inference']}",
+        *(f"  - {note}" for note in results["inputs"].get("notes", [])),
         f"- wall time of this run: {results['wall_time_s']:.1f} s ("
         + ", ".join(f"{k} {v:.1f} s" for k, v in results.get("phase_times_s", {}).items()) + ")",
         "",
@@ -146,10 +147,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"## Latency vs particle multiplicity (batch {cfg['profile_batch']}, synthetic jets of n particles, "
         "inputs padded to n)",
-        _table(["particles", "median latency [ms]", "IQR [ms]", "jets/s", "MFLOP/jet"],
-               [[r["multiplicity"], f"{1e3 * r['median_s']:.3f}", f"{1e3 * r['iqr_s']:.3f}",
-                 f"{r['jets_per_s']:.1f}", f"{r['flops_per_jet'] / 1e6:.2f}"]
+        _table(["particles", "slots", "median latency [ms]", "IQR [ms]", "jets/s", "MFLOP/jet"],
+               [[r["multiplicity"], r.get("slots", r["multiplicity"]), f"{1e3 * r['median_s']:.3f}",
+                 f"{1e3 * r['iqr_s']:.3f}", f"{r['jets_per_s']:.1f}", f"{r['flops_per_jet'] / 1e6:.2f}"]
                 for r in results["latency_vs_multiplicity"]]),
+        *(f"- {note}" for note in results.get("multiplicity_notes", [])),
         "",
         f"## FLOPs per jet (batch {results['flops']['batch']})",
         _table(["counter", "value", "note"], [

@@ -28,9 +28,13 @@ weaver --data-train "$OUT"/data/train/*.root --data-config data/JetClass/JetClas
     --num-epochs "$EPOCHS" --batch-size 64 --start-lr 2e-3 --optimizer adamw --fetch-step 1 \
     --gpus "" --num-workers 0 --log-file "$OUT/part/train.log"
 
+# weaver writes the best-epoch state only when validation accuracy beats 0; the last epoch's state always exists
+CKPT="$OUT/part/net_best_epoch_state.pt"
+[ -f "$CKPT" ] || CKPT="$OUT/part/net_epoch-$((EPOCHS - 1))_state.pt"
+
 echo "== 3/5 weaver --predict on an independent test sample"
 weaver --predict --data-test "$OUT"/data/test/*.root --data-config data/JetClass/JetClass_kin.yaml \
-    --network-config networks/part.py "${NET_OPTS[@]}" --model-prefix "$OUT/part/net_best_epoch_state.pt" \
+    --network-config networks/part.py "${NET_OPTS[@]}" --model-prefix "$CKPT" \
     --gpus "" --num-workers 0 --batch-size 256 --predict-output "$PWD/$OUT/part/pred.root"
 
 echo "== 4/5 Metrics (accuracy, AUC, background rejection)"
@@ -38,7 +42,7 @@ python -m profiling.metrics "$OUT/part/pred.root" --out "$OUT/part/metrics.json"
 
 echo "== 5/5 Profiling the trained model against random weights"
 python -m profiling.forward --network-config networks/part.py --data-config data/JetClass/JetClass_kin.yaml \
-    --weights "$OUT/part/net_best_epoch_state.pt" --input "$OUT/data/test/*.root" \
+    --weights "$CKPT" --input "$OUT/data/test/*.root" \
     --device cpu --batch-sizes 1,64 --out "$OUT/profile" "${NET_OPTS[@]}"
 
 echo

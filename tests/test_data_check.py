@@ -128,7 +128,7 @@ def test_missing_branch(good, tmp_path):
 def test_string_branch(good, tmp_path):
     n = uproot.open(good)["tree"].num_entries
     path = _copy(good, tmp_path / "string.root", jet_pt=[f"pt{i}" for i in range(n)])
-    assert _check([path])[0] == f"{path}: branch 'jet_pt' has type 'string' (ROOT 'char*'), expected numbers " \
+    assert _check([path])[0] == f"{path}: branch 'jet_pt' has type 'string' (in the file: 'char*'), expected numbers " \
                                 "(bool, int or float)"
 
 

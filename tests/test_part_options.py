@@ -76,3 +76,28 @@ def test_wrong_data_config_is_rejected(network, tmp_path):
     bad = DataConfig.load(str(tmp_path / "bad.yaml"), load_observers=False)
     with pytest.raises(ValueError, match=r"data config inputs are .*pf_lorentz.*this network needs"):
         network.get_model(bad)
+
+
+JC2_CONFIG = REPO_ROOT.parent / "shared" / "reference" / "jetclass2" / "JetClassII_full.yaml"
+CLASSIFIERS = ["part.py", "dsa_part.py", "diff_part.py", "transformer.py", "particlenet.py"]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_num_classes_option(name, data_config):
+    """-o num_classes: required for custom labels (JetClass-II), checked against simple labels."""
+    net = import_module(str(REPO_ROOT / "networks" / name), name=f"_test_nc_{name[:-3]}")
+    small = {} if name == "particlenet.py" else TINY
+    custom = DataConfig.load(str(JC2_CONFIG), load_observers=False, load_reweight_info=False)
+    model, _ = net.get_model(custom, num_classes=188, for_inference=True, **small)
+    inputs = [torch.rand(2, len(custom.input_dicts[k]), 20) for k in custom.input_names]
+    with torch.inference_mode():
+        assert model.eval()(*inputs).shape == (2, 188)
+    with pytest.raises(OptionError, match="custom labels .*pass -o num_classes N") as err:
+        net.get_model(custom, **small)
+    assert "\n" not in str(err.value) and name in str(err.value)
+    model, _ = net.get_model(data_config, num_classes=10, for_inference=True, **small)  # agrees: fine
+    with pytest.raises(OptionError, match="-o num_classes 5 contradicts the data config, whose simple labels "
+                                          "define 10 classes"):
+        net.get_model(data_config, num_classes=5, **small)
+    with pytest.raises(OptionError, match="'num_classes' expects a positive int"):
+        net.get_model(data_config, num_classes="10", **small)

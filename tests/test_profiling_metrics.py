@@ -92,3 +92,44 @@ def test_metrics_errors(tmp_path: Path) -> None:
         tree.extend({"x": np.zeros(3, dtype=np.float32)})
     with pytest.raises(ValueError, match="score_"):
         metrics.metrics_from_file(bad)
+
+
+def test_quark_gluon_working_points(tmp_path: Path) -> None:
+    """QuarkGluon labels: jet_isQ against jet_isG at eS = 50% and 30%, worked out by hand.
+
+    Ten quark jets with discriminant 0.99, 0.98, ..., 0.90; gluon jets at 0.985 and 0.955, eight more at 0.5. The
+    30% point (three quark jets kept) lets one gluon jet through (1/eB = 10); the 50% point lets two (1/eB = 5).
+    """
+    q = np.round(np.arange(0.99, 0.895, -0.01), 3)
+    g = np.array([0.985, 0.955] + [0.5] * 8)
+    disc = np.concatenate([q, g]).astype(np.float32)
+    table = {"jet_isQ": np.r_[np.ones(10, bool), np.zeros(10, bool)], "score_jet_isQ": disc}
+    table["jet_isG"], table["score_jet_isG"] = ~table["jet_isQ"], (1 - disc).astype(np.float32)
+    pred = tmp_path / "qg.root"
+    with uproot.recreate(pred) as f:
+        tree = f.mktree("Events", {k: v.dtype for k, v in table.items()})
+        tree.extend(table)
+    m = metrics.metrics_from_file(pred)
+    assert m["label_scheme"] == "QuarkGluon" and m["classes"] == ["jet_isQ", "jet_isG"]
+    assert set(m["rejection"]) == {"jet_isQ@0.5", "jet_isQ@0.3"}
+    assert m["rejection"]["jet_isQ@0.3"]["rejection"] == pytest.approx(10.0)
+    assert m["rejection"]["jet_isQ@0.5"]["rejection"] == pytest.approx(5.0)
+    assert "jet_isQ vs jet_isG: 1/eB = 5.0 at eS = 50.0%" in metrics.format_metrics(m)
+
+
+def test_custom_label_parquet_output(tmp_path: Path) -> None:
+    """weaver's save_parquet layout for custom labels: a (jets, classes) ``scores`` column and the integer truth."""
+    scores = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], dtype=np.float32)
+    truth = np.array([0, 1, 1, 2], dtype=np.int32)
+    pred = tmp_path / "pred.parquet"
+    ak.to_parquet(ak.Array({"scores": scores, "truth_label": truth}), pred)
+    m = metrics.metrics_from_file(pred)
+    assert m["classes"] == ["class_0", "class_1", "class_2"] and m["label_scheme"] is None
+    assert m["accuracy"] == pytest.approx(0.5) and m["rejection"] == {}
+    # one-vs-rest AUC = share of (positive, negative) pairs ranked right, ties 1/2: class_1 has 0.8 and 0.3 against
+    # 0.2 and 0.3, i.e. 3.5 of 4 pairs
+    assert m["auc"]["class_0"] == pytest.approx(1.0)
+    assert m["auc"]["class_1"] == pytest.approx(3.5 / 4)
+    ak.to_parquet(ak.Array({"scores": scores, "truth_label": truth + 5}), pred)
+    with pytest.raises(ValueError, match="outside the 3 score columns"):
+        metrics.metrics_from_file(pred)

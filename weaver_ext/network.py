@@ -135,6 +135,32 @@ def jet_model_info(data_config: Any, output_name: str = "softmax") -> dict[str, 
     }
 
 
+def resolve_num_classes(data_config: Any, options: dict[str, Any], *, where: str) -> int:
+    """Pop ``-o num_classes`` and check it against the data config's labels; returns the class count.
+
+    Simple labels (``labels: type: simple``) give the count themselves, and ``num_classes`` may only repeat it.
+    Custom labels (e.g. JetClass-II: ``truth_label: jet_label``, 188 classes) give an integer per jet whose range
+    the config does not state, so ``num_classes`` is required there (``-o task 'regression'``: one output per
+    custom label unless given).
+    """
+    given = options.pop("num_classes", None)
+    if given is not None and (not isinstance(given, int) or isinstance(given, bool) or given < 1):
+        raise OptionError(f"{where}: option 'num_classes' expects a positive int, got {given!r}")
+    if data_config.label_type == "simple":
+        n = len(data_config.label_value)
+        if given is not None and given != n:
+            raise OptionError(f"{where}: -o num_classes {given} contradicts the data config, whose simple labels "
+                              f"define {n} classes ({', '.join(data_config.label_value)})")
+        return n
+    if given is None and options.get("task") == "regression":
+        return len(data_config.label_value)
+    if given is None:
+        labels = ", ".join(f"{k}: {v}" for k, v in data_config.label_value.items())
+        raise OptionError(f"{where}: the data config has custom labels ({labels}), so the class count is not known: "
+                          "pass -o num_classes N (e.g. 188 for JetClass-II)")
+    return given
+
+
 def build_part_tagger(data_config: Any, options: dict[str, Any], *, where: str,
                       config_cls: type[ParTConfig] = ParTConfig,
                       model_cls: type[nn.Module] = ParticleTransformer) -> tuple[JetTagger, dict[str, Any]]:
@@ -142,11 +168,12 @@ def build_part_tagger(data_config: Any, options: dict[str, Any], *, where: str,
     check_jet_inputs(data_config, where=where)
     options = dict(options)
     nonfinite = nonfinite_mask(options, where=where)
+    num_classes = resolve_num_classes(data_config, options, where=where)
     cfg = from_options(
         config_cls,
         options,
         where=where,
         input_dim=len(data_config.input_dicts["pf_features"]),
-        num_classes=len(data_config.label_value),
+        num_classes=num_classes,
     )
     return JetTagger(model_cls(cfg), nonfinite=nonfinite), jet_model_info(data_config)

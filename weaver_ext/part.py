@@ -47,7 +47,8 @@ _PAIR_INPUT_DIMS = {"pp": 4, "ee": 6, "xyzt": 7}
 
 @dataclass(frozen=True)
 class ParTConfig:
-    """All ParT options; defaults are the published configuration (weaver-core ``version=1``)."""
+    """All ParT options; defaults are the published recipe (weaver-core ``version=1`` built as the particle_transformer
+    repository's ``example_ParticleTransformer.py`` builds it), so its checkpoints give its outputs unchanged."""
 
     input_dim: int
     num_classes: int | None
@@ -58,7 +59,9 @@ class ParTConfig:
     pair_extra_dim: int = 0
     pair_embed_dims: tuple[int, ...] = (64, 64, 64)
     remove_self_pair: bool = False
-    use_pre_activation_pair: bool = True
+    # False as in the recipe that trained the published ParT (particle_transformer's example_ParticleTransformer.py);
+    # weaver-core's class default is True. Same state_dict either way, so a wrong value loads silently.
+    use_pre_activation_pair: bool = False
     activation: Literal["gelu", "relu"] = "gelu"
     # transformer
     num_heads: int = 8

@@ -94,7 +94,7 @@ def test_predict_writes_finite_scores(trained, jet_files):
     out = trained / "pred.root"
     run_weaver(
         ["--predict", "--data-test", *jet_files, "--data-config", DATA_CONFIG, "--network-config", NETWORK,
-         *_opts(INDEXER_OPTS), "--model-prefix", trained / "net_best_epoch_state.pt", "--gpus", "",
+         *_opts(INDEXER_OPTS), "--model-prefix", trained / "net_epoch-1_state.pt", "--gpus", "",
          "--num-workers", "0", "--batch-size", "64", "--predict-output", out],
         cwd=trained,
     )
