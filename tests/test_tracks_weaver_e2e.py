@@ -67,7 +67,7 @@ def test_weaver_trains_predicts_and_metrics_read_the_output(tmp_path: Path) -> N
     assert "Epoch #0" in log
     pred = tmp_path / "pred.root"
     _weaver([*common, "--predict", "--data-test", str(test_file), "--model-prefix",
-             str(tmp_path / "model" / "net_best_epoch_state.pt"), "--predict-output", str(pred)], tmp_path)
+             str(tmp_path / "model" / "net_epoch-0_state.pt"), "--predict-output", str(pred)], tmp_path)
 
     with uproot.open(pred) as f:
         tree = f["Events"]

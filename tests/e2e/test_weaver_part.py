@@ -88,6 +88,7 @@ def test_export_onnx_matches_pytorch(trained, jet_files):
     assert set(feed) <= set(inputs) and "pf_features" in feed
     got = session.run(None, feed)[0]
     assert got.shape == expected.shape == (len(batch["_label_"]), 10)
+    # onnxruntime (MLAS) and PyTorch (oneDNN) sum in different orders; seen ~1e-6 on AVX2 and AVX-512 kernels
     assert np.abs(got - expected).max() <= 1e-4
 
 

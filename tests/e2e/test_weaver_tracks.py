@@ -45,7 +45,7 @@ def _train_predict(track_files, run: Path, opts: dict[str, str]) -> Path:
     assert "Epoch #0 training" in log and "Current validation metric" in log
     assert "TrackLoss" in log  # weaver trained with our loss (bound with the DSA aux terms)
     pred = run / "pred.root"
-    run_weaver([*common, "--predict", "--data-test", test, "--model-prefix", run / "net_best_epoch_state.pt",
+    run_weaver([*common, "--predict", "--data-test", test, "--model-prefix", run / "net_epoch-0_state.pt",
                 "--predict-output", pred], cwd=run)
     return pred
 
