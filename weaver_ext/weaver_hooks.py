@@ -10,7 +10,11 @@ config uses these hooks, so models without DSA statistics get the same seeding a
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from torch import nn
@@ -159,11 +163,39 @@ def make_evaluate_fn(task: str = "classification", *, seed: int | None = None) -
     return evaluate
 
 
+_PROJECT_DIRS = tuple(str(Path(__file__).resolve().parents[1] / d) + os.sep for d in ("weaver_ext", "networks"))
+
+
+def _raised_here(tb: TracebackType | None) -> bool:
+    """True when the innermost frame of a traceback is in this project's ``weaver_ext/`` or ``networks/``."""
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and str(Path(last.tb_frame.f_code.co_filename).resolve()).startswith(_PROJECT_DIRS)
+
+
+def _one_line_excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(exc_type, ValueError) and _raised_here(tb):
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else exc_type.__name__}", file=sys.stderr)
+    else:
+        sys.__excepthook__(exc_type, exc, tb)
+
+
+def install_one_line_errors() -> None:
+    """Under the ``weaver`` CLI, an option or data-config error raised by our validation (a ``ValueError`` from
+    ``weaver_ext``/``networks``) ends the run with one ``error: ...`` line instead of weaver's traceback. Anything
+    else, and any hook someone else installed, is left as it was."""
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _one_line_excepthook
+
+
 def network_hooks(task: str = "classification") -> tuple[Callable[..., Any], Callable[..., Any]]:
     """A network config's ``get_train_fn`` and ``get_evaluate_fn`` (``-o seed`` aware; ``-o task`` overrides ``task``).
 
-    Usage in a network config: ``get_train_fn, get_evaluate_fn = network_hooks("classification")``.
+    Usage in a network config: ``get_train_fn, get_evaluate_fn = network_hooks("classification")``. Importing a
+    network config this way also turns our own validation errors into one line (``install_one_line_errors``).
     """
+    install_one_line_errors()
 
     def get_train_fn(data_config: Any, **kwargs: Any) -> Callable[..., Any]:
         return make_train_fn(kwargs.get("task", task), seed=seed_option(kwargs))

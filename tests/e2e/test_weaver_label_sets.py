@@ -112,3 +112,21 @@ def test_toplandscape_prediction_metrics(jet_files, tmp_path):
         assert r["signal_efficiency"] == eff and r["background"] == "jet_isQCD"
         assert (r["n_signal"], r["n_background"]) == (n_top, n_jets - n_top)
         assert r["rejection"] >= 1.0
+
+
+def test_weaver_without_num_classes_is_one_line(jetclass2, tmp_path):
+    """Custom labels without -o num_classes: weaver stops with our one-line error, no traceback."""
+    import subprocess
+
+    from tests.helpers import WEAVER
+
+    data, config = jetclass2
+    proc = subprocess.run([WEAVER, "--data-train", str(data), "--data-config", str(config), "--network-config",
+                           str(REPO_ROOT / "networks" / "part.py"), *_opts(TINY), "--model-prefix", str(tmp_path / "n"),
+                           "--num-epochs", "1", "--gpus", "", "--num-workers", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: networks/part.py: the data config has custom labels (truth_label: jet_label), so the class count is "
+        "not known: pass -o num_classes N (e.g. 188 for JetClass-II)")
