@@ -73,6 +73,21 @@ def make_selection(pt_range: tuple[float, float], eta_max: float) -> JetSelectio
     return JetSelection(pt_min=lo, pt_max=hi, eta_max=float(eta_max))
 
 
+def shard_tasks(tasks: list[FileTask], shard_index: int, num_shards: int) -> list[FileTask]:
+    """The tasks of shard ``shard_index`` of ``num_shards``: every num_shards-th file of the global plan.
+
+    Round-robin over the plan (classes in order, then file index) spreads classes evenly over the shards.
+    """
+    for what, value in (("num_shards", num_shards), ("shard_index", shard_index)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{what} must be an integer, got {value!r}")
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards - 1}] for num_shards={num_shards}, got {shard_index}")
+    return tasks[shard_index::num_shards]
+
+
 def file_name(class_name: str, index: int) -> str:
     """JetClass file name, e.g. ``HToBB_007.root``."""
     if index > 999:
@@ -160,8 +175,10 @@ def generate_dataset(
     progress: bool = True,
     pt_range: tuple[float, float] = (500.0, 1000.0),
     eta_max: float = 2.0,
+    shard_index: int = 0,
+    num_shards: int = 1,
 ) -> list[Path]:
-    """classes="all" or a list / comma string of short names. Returns the ROOT files (sorted)."""
+    """classes="all" or a list / comma string of short names. Returns the ROOT files of this shard (sorted)."""
     return generate_dataset_with_stats(**locals())[0]
 
 
@@ -176,6 +193,8 @@ def generate_dataset_with_stats(
     progress: bool = True,
     pt_range: tuple[float, float] = (500.0, 1000.0),
     eta_max: float = 2.0,
+    shard_index: int = 0,
+    num_shards: int = 1,
 ) -> tuple[list[Path], list[FileResult]]:
     """Like :func:`generate_dataset`, also returning what each file task did (for throughput reports)."""
     names = parse_classes(classes)
@@ -185,11 +204,15 @@ def generate_dataset_with_stats(
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     selection = make_selection(pt_range, eta_max)
+    shard_tasks([], shard_index, num_shards)  # validate the shard arguments before touching the disk
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(
         names, jets_per_class=jets_per_class, jets_per_file=jets_per_file, out_dir=out, seed=seed, selection=selection
     )
+    tasks = shard_tasks(tasks, shard_index, num_shards)
+    if not tasks:
+        return [], []
     results = _run_all(tasks, min(workers, len(tasks)), progress)
     return sorted(r.path for r in results), results
 
@@ -235,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pt-max", type=float, default=1000.0)
     ap.add_argument("--eta-max", type=float, default=2.0)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--num-shards", type=int, default=1, help="split the file plan into this many shards (array jobs)")
+    ap.add_argument("--shard-index", type=int, default=0, help="which shard this job writes, 0 .. num-shards - 1")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -248,9 +273,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             progress=not args.no_progress,
             pt_range=(args.pt_min, args.pt_max),
             eta_max=args.eta_max,
+            shard_index=args.shard_index,
+            num_shards=args.num_shards,
         )
     except ValueError as err:
         ap.error(str(err))
+    if not paths:
+        print(f"shard {args.shard_index} of {args.num_shards}: no file to write (fewer files in the plan than shards)")
+        return
     print(f"wrote {len(paths)} file(s) to {args.out}")
     print(throughput_summary(results, time.perf_counter() - t0))
 

@@ -1,5 +1,5 @@
-"""Pythia 8 events -> JetClass-style jets: process cards, detector model, anti-kT clustering, truth matching,
-soft drop, N-subjettiness and impact parameters.
+"""Pythia 8 events -> JetClass-style jets: process cards, the detector stage (data/detector.py), anti-kT
+clustering, truth matching, soft drop and N-subjettiness.
 
 Everything here works on whole batches of events (``Pythia.nextBatch``) with flat numpy arrays, because
 per-particle Python access to the Pythia event record costs as much time as generating the event.
@@ -17,6 +17,8 @@ import awkward as ak
 import fastjet as fj
 import numpy as np
 
+from data.detector import DetectorConfig, RecoParticles, StableParticles, simulate
+
 # Pythia's random seed must lie in [1, 900_000_000] (0 means "seed from the clock").
 _PYTHIA_SEED_MAX = 900_000_000
 _NEUTRINOS = (12, 14, 16)
@@ -31,10 +33,14 @@ _COMMON_SETTINGS = (
     "Next:numberShowInfo = 0",
     "Next:numberShowProcess = 0",
     "Check:event = on",
+    # CMS's Pythia 8 common settings: particles with c*tau > 10 mm (K0S, Lambda, Sigma, Xi, Omega) reach the
+    # detector undecayed, as in Delphes samples; the calorimeter model deposits K0S / Lambda energy 30% ECAL / 70% HCAL
+    "ParticleDecays:limitTau0 = on",
+    "ParticleDecays:tau0Max = 10.",
 )
 _Z_TO_NUNU = ("WeakZ0:gmZmode = 2", "23:onMode = off", "23:onIfAny = 12 14 16")
 _W_TO_QQ = ("24:onMode = off", "24:onIfAny = 1 2 3 4 5")
-_W_TO_LNU = ("24:onMode = off", "24:onIfAny = 11 13 15")
+_W_TO_LNU = ("24:onMode = off", "24:onIfAny = 11 13")
 _ZH = ("HiggsSM:ffbar2HZ = on", *_Z_TO_NUNU, "25:onMode = off")
 _TTBAR = ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on")
 
@@ -72,8 +78,8 @@ CLASS_SPECS: dict[str, ClassSpec] = {
         ClassSpec(
             "Hqql",
             "HToWW2Q1L",
-            "Z(->nunu) H, H -> W W* -> l nu q q' (l = e, mu, tau); W+ / W- alternate as the leptonic one",
-            (*_ZH, "25:onIfMatch = 24 -24", "24:onMode = off", "24:onPosIfAny = 1 2 3 4 5", "24:onNegIfAny = 11 13 15"),
+            "Z(->nunu) H, H -> W W* -> l nu q q' (l = e, mu); W+ / W- alternate as the leptonic one",
+            (*_ZH, "25:onIfMatch = 24 -24", "24:onMode = off", "24:onPosIfAny = 1 2 3 4 5", "24:onNegIfAny = 11 13"),
             25,
             2,
             1,
@@ -81,7 +87,7 @@ CLASS_SPECS: dict[str, ClassSpec] = {
                 *_ZH,
                 "25:onIfMatch = 24 -24",
                 "24:onMode = off",
-                "24:onPosIfAny = 11 13 15",
+                "24:onPosIfAny = 11 13",
                 "24:onNegIfAny = 1 2 3 4 5",
             ),
         ),
@@ -109,34 +115,9 @@ CLASS_SPECS: dict[str, ClassSpec] = {
             0,
         ),
         ClassSpec("Tbqq", "TTBar", "t tbar, both t -> b W(-> q qbar')", (*_TTBAR, *_W_TO_QQ), 6, 3, 0),
-        ClassSpec("Tbl", "TTBarLep", "t tbar, both t -> b W(-> l nu), l = e, mu, tau", (*_TTBAR, *_W_TO_LNU), 6, 1, 1),
+        ClassSpec("Tbl", "TTBarLep", "t tbar, both t -> b W(-> l nu), l = e, mu", (*_TTBAR, *_W_TO_LNU), 6, 1, 1),
     )
 }
-
-
-@dataclass(frozen=True)
-class DetectorModel:
-    """A simple particle-flow-like detector: tracker + ECAL + HCAL acceptances, thresholds and resolutions.
-
-    Units: GeV and mm (Pythia's). Impact-parameter resolution sigma = a (+) b / pT (added in quadrature).
-    """
-
-    track_pt_min: float = 0.5  # GeV
-    track_eta_max: float = 2.5
-    track_rxy_max: float = 500.0  # mm; charged particles produced further out are not tracked
-    track_pt_res_const: float = 0.005  # sigma(pT)/pT = c (+) s * pT
-    track_pt_res_slope: float = 1.5e-4  # 1/GeV
-    calo_eta_max: float = 3.0
-    photon_e_min: float = 0.5  # GeV, measured energy
-    neutral_hadron_e_min: float = 1.0  # GeV, measured energy
-    ecal_stochastic: float = 0.03  # sigma(E)/E = s/sqrt(E) (+) c
-    ecal_const: float = 0.005
-    hcal_stochastic: float = 1.0
-    hcal_const: float = 0.05
-    d0_res_const: float = 0.010  # mm
-    d0_res_pt: float = 0.100  # mm * GeV
-    dz_res_const: float = 0.020  # mm
-    dz_res_pt: float = 0.150  # mm * GeV
 
 
 @dataclass(frozen=True)
@@ -277,30 +258,6 @@ def batch_from_awkward(events: ak.Array) -> EventBatch:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RecoParticles:
-    """Detector-level particles of a batch (flat), sorted by event; ``event`` is the event index."""
-
-    event: np.ndarray
-    px: np.ndarray
-    py: np.ndarray
-    pz: np.ndarray
-    e: np.ndarray
-    charge: np.ndarray
-    is_ch_had: np.ndarray
-    is_neu_had: np.ndarray
-    is_photon: np.ndarray
-    is_electron: np.ndarray
-    is_muon: np.ndarray
-    d0: np.ndarray
-    d0err: np.ndarray
-    dz: np.ndarray
-    dzerr: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.px)
-
-
 class ChargeTable:
     """PDG id -> electric charge, cached from Pythia's particle data."""
 
@@ -321,89 +278,22 @@ def _eta(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> np.ndarray:
     return np.arcsinh(np.divide(pz, pt, out=np.full_like(pz, np.sign(pz) * 1e6 + 0.0), where=pt > 0))
 
 
+def stable_particles(batch: EventBatch, charges: ChargeTable) -> StableParticles:
+    """Final-state visible particles of a batch (neutrinos removed), with their event index and charge."""
+    event_of = np.repeat(np.arange(batch.n_events), np.diff(batch.offsets))
+    idx = np.nonzero((batch.status > 0) & ~np.isin(np.abs(batch.pid), _NEUTRINOS))[0]
+    pid = batch.pid[idx]
+    return StableParticles(
+        event=event_of[idx], pid=pid, charge=charges(pid), px=batch.px[idx], py=batch.py[idx], pz=batch.pz[idx],
+        e=batch.e[idx], vx=batch.vx[idx], vy=batch.vy[idx], vz=batch.vz[idx],
+    )  # fmt: skip
+
+
 def apply_detector(
-    batch: EventBatch, charges: ChargeTable, det: DetectorModel, rng: np.random.Generator
+    batch: EventBatch, charges: ChargeTable, det: DetectorConfig, rng: np.random.Generator
 ) -> RecoParticles:
-    """Turn final-state visible particles into tracks and calorimeter objects with the stated resolutions.
-
-    Tracks (charged, pT > track_pt_min, |eta| < track_eta_max, produced within track_rxy_max) keep their
-    mass and get pT smearing and straight-line impact parameters. Photons and electrons outside the tracker
-    become ECAL objects, neutral and untracked charged hadrons HCAL objects (massless, energy smeared,
-    direction kept); muons outside the tracker and charged particles below threshold are lost.
-    """
-    n_ev = batch.n_events
-    event_of = np.repeat(np.arange(n_ev), np.diff(batch.offsets))
-    apid = np.abs(batch.pid)
-    sel = (batch.status > 0) & ~np.isin(apid, _NEUTRINOS)
-    idx = np.nonzero(sel)[0]
-    pid, apid = batch.pid[idx], apid[idx]
-    px, py, pz, e = batch.px[idx], batch.py[idx], batch.pz[idx], batch.e[idx]
-    vx, vy, vz = batch.vx[idx], batch.vy[idx], batch.vz[idx]
-    ev = event_of[idx]
-    q = charges(pid)
-    pt = np.hypot(px, py)
-    eta = _eta(px, py, pz)
-    rxy = np.hypot(vx, vy)
-
-    charged = q != 0
-    track = charged & (pt > det.track_pt_min) & (np.abs(eta) < det.track_eta_max) & (rxy < det.track_rxy_max)
-    in_tracker = np.abs(eta) < det.track_eta_max
-    in_calo = np.abs(eta) < det.calo_eta_max
-    # untracked charged particles: lost inside the tracker if soft (they curl up), else seen by calorimeters
-    untracked_calo = charged & ~track & in_calo & (apid != 13) & ~(in_tracker & (pt <= det.track_pt_min))
-    ecal = in_calo & ((apid == 22) | (untracked_calo & (apid == 11)))
-    hcal = in_calo & ((~charged & (apid != 22)) | (untracked_calo & (apid != 11)))
-
-    # tracks: pT smearing at fixed direction and mass
-    sig_pt = np.hypot(det.track_pt_res_const, det.track_pt_res_slope * pt)
-    scale_trk = np.clip(1.0 + sig_pt * rng.standard_normal(len(pt)), 0.05, None)
-    # calorimeter objects: energy smearing, massless
-    sig_e = np.where(
-        ecal,
-        np.hypot(det.ecal_stochastic / np.sqrt(np.maximum(e, 1e-9)), det.ecal_const),
-        np.hypot(det.hcal_stochastic / np.sqrt(np.maximum(e, 1e-9)), det.hcal_const),
-    )
-    e_meas = np.maximum(e * (1.0 + sig_e * rng.standard_normal(len(e))), 0.0)
-    ecal &= e_meas > det.photon_e_min
-    hcal &= e_meas > det.neutral_hadron_e_min
-
-    keep = track | ecal | hcal
-    track, ecal, hcal = track[keep], ecal[keep], hcal[keep]
-    px, py, pz, e, pt = px[keep], py[keep], pz[keep], e[keep], pt[keep]
-    vx, vy, vz, apid, q, ev = vx[keep], vy[keep], vz[keep], apid[keep], q[keep], ev[keep]
-    scale_trk, e_meas = scale_trk[keep], e_meas[keep]
-
-    pabs = np.sqrt(px * px + py * py + pz * pz)
-    mass2 = np.maximum(e * e - pabs * pabs, 0.0)
-    k = np.where(track, scale_trk, e_meas / np.maximum(pabs, 1e-12))
-    opx, opy, opz = px * k, py * k, pz * k
-    oe = np.where(track, np.sqrt((pabs * k) ** 2 + mass2), e_meas)
-
-    # straight-line impact parameters w.r.t. the origin (Pythia's primary vertex); tracks only
-    ptsafe = np.maximum(pt, 1e-12)
-    d0_true = (vx * py - vy * px) / ptsafe
-    dz_true = vz - (vx * px + vy * py) / ptsafe * (pz / ptsafe)
-    d0err = np.hypot(det.d0_res_const, det.d0_res_pt / ptsafe)
-    dzerr = np.hypot(det.dz_res_const, det.dz_res_pt / ptsafe)
-    noise = rng.standard_normal((2, len(pt)))
-    zero = np.zeros(len(pt))
-    return RecoParticles(
-        event=ev,
-        px=opx,
-        py=opy,
-        pz=opz,
-        e=oe,
-        charge=np.where(track, q, 0.0),
-        is_ch_had=track & (apid != 11) & (apid != 13),
-        is_neu_had=hcal,
-        is_photon=ecal,
-        is_electron=track & (apid == 11),
-        is_muon=track & (apid == 13),
-        d0=np.where(track, d0_true + d0err * noise[0], zero),
-        d0err=np.where(track, d0err, zero),
-        dz=np.where(track, dz_true + dzerr * noise[1], zero),
-        dzerr=np.where(track, dzerr, zero),
-    )
+    """The detector stage of data/detector.py (Delphes CMS card model) on the visible particles of a batch."""
+    return simulate(stable_particles(batch, charges), det, rng)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -611,6 +501,81 @@ def _cluster(reco: RecoParticles, n_events: int, radius: float, pt_min: float):
     return cs.inclusive_jets(min_pt=pt_min), cs.constituent_index(min_pt=pt_min), counts
 
 
+JetRow = tuple[int, TruthObject | None, bool]  # (jet index in the batch, truth object, matched?)
+
+
+@dataclass
+class ClusteredJets:
+    """All anti-kT jets of a batch (flat) and their constituents' indices into the batch's reco particles."""
+
+    pt: np.ndarray
+    eta: np.ndarray
+    phi: np.ndarray
+    energy: np.ndarray
+    event: np.ndarray
+    cidx_flat: np.ndarray  # constituent indices local to their event, all jets concatenated
+    cidx_off: np.ndarray  # jet j's constituents are cidx_flat[cidx_off[j]:cidx_off[j + 1]]
+    ev_offsets: np.ndarray  # first reco particle of each event
+
+    def constituents(self, j: int) -> np.ndarray:
+        """Indices into the batch's reco particles of jet ``j``'s constituents."""
+        return self.ev_offsets[int(self.event[j])] + self.cidx_flat[self.cidx_off[j] : self.cidx_off[j + 1]]
+
+
+def cluster_jets(reco: RecoParticles, n_events: int, sel: JetSelection) -> ClusteredJets:
+    """Anti-kT on every event of the batch at once, flattened to per-jet arrays."""
+    jets, cidx, counts = _cluster(reco, n_events, sel.radius, sel.pt_min)
+    jpx, jpy = ak.to_numpy(ak.flatten(jets.px)), ak.to_numpy(ak.flatten(jets.py))
+    jpz, je = ak.to_numpy(ak.flatten(jets.pz)), ak.to_numpy(ak.flatten(jets.E))
+    cidx_jets = ak.flatten(cidx, axis=1)
+    return ClusteredJets(
+        pt=np.hypot(jpx, jpy),
+        eta=_eta(jpx, jpy, jpz),
+        phi=np.arctan2(jpy, jpx),
+        energy=je,
+        event=np.repeat(np.arange(n_events), ak.to_numpy(ak.num(jets.px))),
+        cidx_flat=ak.to_numpy(ak.flatten(cidx_jets)).astype(np.int64),
+        cidx_off=np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(cidx_jets)))]),
+        ev_offsets=np.concatenate([[0], np.cumsum(counts)]),
+    )
+
+
+_PARTICLE_FROM_RECO = {
+    "part_d0val": "d0", "part_d0err": "d0err", "part_dzval": "dz", "part_dzerr": "dzerr", "part_charge": "charge",
+    "part_isChargedHadron": "is_ch_had", "part_isNeutralHadron": "is_neu_had", "part_isPhoton": "is_photon",
+    "part_isElectron": "is_electron", "part_isMuon": "is_muon",
+}  # fmt: skip
+
+
+def _append_jet(
+    cols: dict[str, list[np.ndarray]], jet_cols: dict[str, list[float]], row: JetRow, cj: ClusteredJets,
+    reco: RecoParticles, sel: JetSelection,
+) -> int:  # fmt: skip
+    """Append one jet's particle columns (sorted by pT) and scalars; returns its number of particles."""
+    j, obj, matched = row
+    idx = cj.constituents(j)
+    order = np.argsort(-np.hypot(reco.px[idx], reco.py[idx]), kind="stable")
+    idx = idx[order]
+    cpx, cpy, cpz, ce = reco.px[idx], reco.py[idx], reco.pz[idx], reco.e[idx]
+    for key, value in (("part_px", cpx), ("part_py", cpy), ("part_pz", cpz), ("part_energy", ce)):
+        cols[key].append(value)
+    cols["part_deta"].append(_eta(cpx, cpy, cpz) - cj.eta[j])
+    cols["part_dphi"].append(delta_phi(np.arctan2(cpy, cpx), cj.phi[j]))
+    for key, attr in _PARTICLE_FROM_RECO.items():
+        cols[key].append(getattr(reco, attr)[idx])
+    scalars = {
+        "jet_pt": cj.pt[j], "jet_eta": cj.eta[j], "jet_phi": cj.phi[j], "jet_energy": cj.energy[j],
+        "jet_nparticles": len(idx),
+        "jet_sdmass": softdrop_mass(cpx, cpy, cpz, ce, beta=sel.sd_beta, zcut=sel.sd_zcut, r0=sel.radius),
+        "aux_genpart_eta": obj.eta if obj else 0.0, "aux_genpart_phi": obj.phi if obj else 0.0,
+        "aux_genpart_pid": obj.pid if obj else 0.0, "aux_genpart_pt": obj.pt if obj else 0.0,
+        "aux_truth_match": 1.0 if matched else 0.0,
+    }  # fmt: skip
+    for key, value in scalars.items():
+        jet_cols[key].append(value)
+    return len(idx)
+
+
 class JetGenerator:
     """Generates jets of one class from one seed: Pythia -> detector -> anti-kT -> matching -> features."""
 
@@ -620,11 +585,11 @@ class JetGenerator:
         seed: int,
         *,
         selection: JetSelection | None = None,
-        detector: DetectorModel | None = None,
+        detector: DetectorConfig | None = None,
     ) -> None:
         self.spec = spec
         self.selection = selection or JetSelection()
-        self.detector = detector or DetectorModel()
+        self.detector = detector or DetectorConfig()
         self.pythias = [make_pythia(spec.settings, derive_seed(seed, "pythia", 0), self.selection)]
         if spec.alt_settings:
             self.pythias.append(make_pythia(spec.alt_settings, derive_seed(seed, "pythia", 1), self.selection))
@@ -648,76 +613,18 @@ class JetGenerator:
 
     def process(self, batch: EventBatch) -> JetBlock:
         """Detector simulation, clustering, selection, truth matching and features of one event batch."""
-        sel, det = self.selection, self.detector
-        reco = apply_detector(batch, self.charges, det, self.rng)
-        jets, cidx, counts = _cluster(reco, batch.n_events, sel.radius, sel.pt_min)
-        ev_offsets = np.concatenate([[0], np.cumsum(counts)])
-        jpx, jpy = ak.to_numpy(ak.flatten(jets.px)), ak.to_numpy(ak.flatten(jets.py))
-        jpz, je = ak.to_numpy(ak.flatten(jets.pz)), ak.to_numpy(ak.flatten(jets.E))
-        jev = np.repeat(np.arange(batch.n_events), ak.to_numpy(ak.num(jets.px)))
-        jpt = np.hypot(jpx, jpy)
-        jeta = _eta(jpx, jpy, jpz)
-        jphi = np.arctan2(jpy, jpx)
-        window = (jpt > sel.pt_min) & (jpt < sel.pt_max) & (np.abs(jeta) < sel.eta_max)
+        sel = self.selection
+        reco = apply_detector(batch, self.charges, self.detector, self.rng)
+        cj = cluster_jets(reco, batch.n_events, sel)
+        window = (cj.pt > sel.pt_min) & (cj.pt < sel.pt_max) & (np.abs(cj.eta) < sel.eta_max)
         self.stats.events += batch.n_events
         self.stats.jets_in_window += int(window.sum())
-        # local constituent indices of all jets, flat, with per-jet offsets
-        cidx_jets = ak.flatten(cidx, axis=1)
-        cidx_flat = ak.to_numpy(ak.flatten(cidx_jets)).astype(np.int64)
-        cidx_off = np.concatenate([[0], np.cumsum(ak.to_numpy(ak.num(cidx_jets)))])
-
-        rows: list[tuple[int, TruthObject | None, bool]] = []
-        truth_cache: dict[int, list[TruthObject]] = {}
-        for j in np.nonzero(window)[0].tolist():
-            ev = int(jev[j])
-            if ev not in truth_cache:
-                truth_cache[ev] = truth_objects(batch, ev, self.spec)
-            obj, matched = match_jet(float(jeta[j]), float(jphi[j]), truth_cache[ev], self.spec, sel.match_radius)
-            if self.spec.resonance != 0 and not matched:
-                continue
-            rows.append((j, obj, matched))
+        rows = self._matched_rows(batch, cj, window)
         if not rows:
             return _empty_block()
-
         cols: dict[str, list[np.ndarray]] = {k: [] for k in (*PARTICLE_FLOAT_BRANCHES, *PARTICLE_INT_BRANCHES)}
         jet_cols: dict[str, list[float]] = {k: [] for k in JET_FLOAT_BRANCHES}
-        npart: list[int] = []
-        for j, obj, matched in rows:
-            ev = int(jev[j])
-            idx = ev_offsets[ev] + cidx_flat[cidx_off[j] : cidx_off[j + 1]]
-            cpx, cpy, cpz, ce = reco.px[idx], reco.py[idx], reco.pz[idx], reco.e[idx]
-            order = np.argsort(-np.hypot(cpx, cpy), kind="stable")
-            idx, cpx, cpy, cpz, ce = idx[order], cpx[order], cpy[order], cpz[order], ce[order]
-            cols["part_px"].append(cpx)
-            cols["part_py"].append(cpy)
-            cols["part_pz"].append(cpz)
-            cols["part_energy"].append(ce)
-            cols["part_deta"].append(_eta(cpx, cpy, cpz) - jeta[j])
-            cols["part_dphi"].append(delta_phi(np.arctan2(cpy, cpx), jphi[j]))
-            cols["part_d0val"].append(reco.d0[idx])
-            cols["part_d0err"].append(reco.d0err[idx])
-            cols["part_dzval"].append(reco.dz[idx])
-            cols["part_dzerr"].append(reco.dzerr[idx])
-            cols["part_charge"].append(reco.charge[idx])
-            cols["part_isChargedHadron"].append(reco.is_ch_had[idx])
-            cols["part_isNeutralHadron"].append(reco.is_neu_had[idx])
-            cols["part_isPhoton"].append(reco.is_photon[idx])
-            cols["part_isElectron"].append(reco.is_electron[idx])
-            cols["part_isMuon"].append(reco.is_muon[idx])
-            npart.append(len(idx))
-            jet_cols["jet_pt"].append(jpt[j])
-            jet_cols["jet_eta"].append(jeta[j])
-            jet_cols["jet_phi"].append(jphi[j])
-            jet_cols["jet_energy"].append(je[j])
-            jet_cols["jet_nparticles"].append(len(idx))
-            jet_cols["jet_sdmass"].append(
-                softdrop_mass(cpx, cpy, cpz, ce, beta=sel.sd_beta, zcut=sel.sd_zcut, r0=sel.radius)
-            )
-            jet_cols["aux_genpart_eta"].append(obj.eta if obj else 0.0)
-            jet_cols["aux_genpart_phi"].append(obj.phi if obj else 0.0)
-            jet_cols["aux_genpart_pid"].append(obj.pid if obj else 0.0)
-            jet_cols["aux_genpart_pt"].append(obj.pt if obj else 0.0)
-            jet_cols["aux_truth_match"].append(1.0 if matched else 0.0)
+        npart = [_append_jet(cols, jet_cols, row, cj, reco, sel) for row in rows]
         counts_out = np.asarray(npart, dtype=np.int64)
         # stored at output precision (float32 / int32) to halve the memory of large files
         particles = {k: np.concatenate(v).astype(np.float32) for k, v in cols.items() if k in PARTICLE_FLOAT_BRANCHES}
@@ -731,6 +638,22 @@ class JetGenerator:
         jets_out = {k: np.asarray(v, dtype=np.float64) for k, v in jet_cols.items()}
         self.stats.jets_kept += len(rows)
         return JetBlock(jets_out, particles, counts_out)
+
+    def _matched_rows(self, batch: EventBatch, cj: ClusteredJets, window: np.ndarray) -> list[JetRow]:
+        """Jets in the window with their truth object; unmatched signal jets are dropped (QCD keeps all)."""
+        rows: list[JetRow] = []
+        truth_cache: dict[int, list[TruthObject]] = {}
+        for j in np.nonzero(window)[0].tolist():
+            ev = int(cj.event[j])
+            if ev not in truth_cache:
+                truth_cache[ev] = truth_objects(batch, ev, self.spec)
+            obj, matched = match_jet(
+                float(cj.eta[j]), float(cj.phi[j]), truth_cache[ev], self.spec, self.selection.match_radius
+            )
+            if self.spec.resonance != 0 and not matched:
+                continue
+            rows.append((j, obj, matched))
+        return rows
 
     def generate(self, n_jets: int, *, on_progress: Callable[[int], None] | None = None) -> JetBlock:
         """Generate exactly ``n_jets`` accepted jets (the first ones in event order)."""

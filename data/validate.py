@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import awkward as ak
@@ -31,10 +31,25 @@ MASS_WINDOWS: dict[str, tuple[float, float] | None] = {
     "Tbl": None,
 }
 
+PARTICLE_TYPES = ("ChargedHadron", "NeutralHadron", "Photon", "Electron", "Muon")
+
 _BRANCHES = [
     "jet_pt", "jet_sdmass", "jet_nparticles", "jet_tau2", "jet_tau3", "part_d0val", "part_d0err",
-    *[f"label_{n}" for n in LABELS],
+    *[f"part_is{t}" for t in PARTICLE_TYPES], *[f"label_{n}" for n in LABELS],
 ]  # fmt: skip
+
+# Statistics of real JetClass test jets (Pythia 8 + Delphes, CMS card), as measured in issue 14 (multiplicity
+# mean and 10th/90th percentiles, Tbqq particle-type fractions, ParticleNet rates: highest score = true class,
+# published ParticleNet_{kin,full}.pt; the same rates are in ../shared/README.md). None: not measured.
+REFERENCE: dict[str, dict[str, float | None]] = {
+    "Hbb": {"n_mean": 41.5, "n_p10": 28, "n_p90": 57, "pnet_kin": 0.55, "pnet_full": None},
+    "Tbqq": {
+        "n_mean": 49.1, "n_p10": 33, "n_p90": 65, "pnet_kin": 0.86, "pnet_full": 0.94,
+        "frac_ChargedHadron": 0.463, "frac_NeutralHadron": 0.114, "frac_Photon": 0.408,
+        "frac_Electron": 0.008, "frac_Muon": 0.007,
+    },
+    "Tbl": {"n_mean": 27.4, "n_p10": 16, "n_p90": 40, "pnet_kin": 0.93, "pnet_full": 0.98},
+}  # fmt: skip
 
 
 @dataclass
@@ -48,6 +63,12 @@ class ClassSample:
     tau32: np.ndarray
     d0sig: np.ndarray
     jet_max_d0sig: np.ndarray  # per jet: 2nd largest |d0|/sigma of tracks with |d0| < 2 mm (0 if < 2 such)
+    type_counts: dict[str, int] = field(default_factory=dict)  # particles of each PARTICLE_TYPES flag, all jets
+
+    def type_fraction(self, kind: str) -> float:
+        """Fraction of all particles of all jets that carry the flag ``part_is<kind>``."""
+        total = sum(self.type_counts.values())
+        return self.type_counts.get(kind, 0) / total if total else float("nan")
 
 
 def tau32(tau2: np.ndarray, tau3: np.ndarray) -> np.ndarray:
@@ -85,6 +106,7 @@ def load_samples(paths: Sequence[str | Path]) -> dict[str, ClassSample]:
             tau32=tau32(ak.to_numpy(sel["jet_tau2"]), ak.to_numpy(sel["jet_tau3"])),
             d0sig=ak.to_numpy(ak.flatten(d0[charged] / d0err[charged])).astype(np.float64),
             jet_max_d0sig=second_largest_d0sig(d0, d0err),
+            type_counts={t: int(ak.sum(sel[f"part_is{t}"])) for t in PARTICLE_TYPES},
         )
     return out
 
@@ -94,6 +116,11 @@ def fraction_in(x: np.ndarray, window: tuple[float, float] | None) -> float:
     if window is None or len(x) == 0:
         return float("nan")
     return float(np.mean((x >= window[0]) & (x < window[1])))
+
+
+def _fmt2(x: float) -> str:
+    """Two decimals, '-' for NaN (no mass window or no QCD sample)."""
+    return "-" if np.isnan(x) else f"{x:.2f}"
 
 
 def summary_table(samples: dict[str, ClassSample]) -> str:
@@ -110,11 +137,43 @@ def summary_table(samples: dict[str, ClassSample]) -> str:
         qcd_frac = fraction_in(qcd.sdmass, win) if qcd is not None else float("nan")
         rows.append(
             f"| {name} | {len(s.pt)} | {s.pt.mean():.0f} | {np.median(s.sdmass):.1f} | {s.sdmass.mean():.1f} "
-            f"| {'-' if win is None else f'{win[0]:.0f}-{win[1]:.0f}'} | {fraction_in(s.sdmass, win):.2f} "
-            f"| {qcd_frac:.2f} | {s.nparticles.mean():.1f} | {np.median(s.tau32):.2f} "
+            f"| {'-' if win is None else f'{win[0]:.0f}-{win[1]:.0f}'} | {_fmt2(fraction_in(s.sdmass, win))} "
+            f"| {_fmt2(qcd_frac)} | {s.nparticles.mean():.1f} | {np.median(s.tau32):.2f} "
             f"| {np.median(s.jet_max_d0sig):.2f} |"
         )
     return head + "\n".join(rows) + "\n"
+
+
+def reference_rows(samples: dict[str, ClassSample]) -> list[tuple[str, str, float, float]]:
+    """(class, statistic, real JetClass, generated) for every REFERENCE statistic a sample can give."""
+    rows = []
+    for name, ref in REFERENCE.items():
+        s = samples.get(name)
+        if s is None:
+            continue
+        gen = {
+            "n_mean": float(s.nparticles.mean()),
+            "n_p10": float(np.percentile(s.nparticles, 10)),
+            "n_p90": float(np.percentile(s.nparticles, 90)),
+            **{f"frac_{t}": s.type_fraction(t) for t in PARTICLE_TYPES},
+        }
+        rows.extend((name, key, float(real), gen[key]) for key, real in ref.items() if real is not None and key in gen)
+    return rows
+
+
+def reference_table(samples: dict[str, ClassSample]) -> str:
+    """Markdown table: generated statistics against real JetClass (REFERENCE), ratio and difference."""
+    head = (
+        "| class | statistic | real JetClass | generated | ratio gen/real | gen - real |\n"
+        "|---|---|---:|---:|---:|---:|\n"
+    )
+    lines = [
+        f"| {name} | {key} | {real:.3f} | {gen:.3f} | {gen / real:.3f} | {gen - real:+.3f} |"
+        for name, key, real, gen in reference_rows(samples)
+    ]
+    if not lines:
+        return "No class with real-JetClass reference statistics (Hbb, Tbqq, Tbl) in this sample.\n"
+    return head + "\n".join(lines) + "\n"
 
 
 def make_plots(samples: dict[str, ClassSample], out_dir: Path) -> list[Path]:
@@ -166,6 +225,8 @@ def validate(in_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     text = (
         f"# Validation of {len(files)} file(s) in `{in_dir}`\n\n"
         + summary_table(samples)
+        + "\n## Against real JetClass (`data.validate.REFERENCE`)\n\n"
+        + reference_table(samples)
         + "\nPlots: "
         + ", ".join(f"`{p.name}`" for p in plots)
         + "\n"

@@ -1,4 +1,7 @@
-"""Equivalence of the generator's substructure code with references: soft drop vs fjcontrib, tau_N vs numpy."""
+"""Equivalence of the generator's substructure code with references: soft drop vs fjcontrib, tau_N vs numpy.
+
+The detector stage has its own tests in tests/test_generator_detector.py.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,7 @@ import fastjet as fj
 import numpy as np
 import pytest
 
-from data.pythia_jets import (
-    ChargeTable,
-    DetectorModel,
-    EventBatch,
-    apply_detector,
-    momentum_lists,
-    nsubjettiness,
-    softdrop_mass,
-)
+from data.pythia_jets import momentum_lists, nsubjettiness, softdrop_mass
 
 
 def _toy_jets(n_jets: int, seed: int) -> list[tuple[np.ndarray, ...]]:
@@ -59,39 +54,3 @@ def test_nsubjettiness_matches_numpy_with_exclusive_kt_axes() -> None:
             axes = fj.ClusterSequence(parts, fj.JetDefinition(fj.kt_algorithm, 10.0)).exclusive_jets(n)
             dr = np.array([[p.delta_R(a) for a in axes] for p in parts]).min(axis=1)
             assert tau[i, n - 1] == pytest.approx((pt * dr).sum() / (pt.sum() * 0.8), rel=1e-6, abs=1e-9)
-
-
-def test_detector_model_thresholds_flags_and_impact_parameters() -> None:
-    """Hand-made event: a displaced pion, a soft pion, a muon, a photon, a neutron and a neutrino."""
-
-    class _PData:
-        def charge(self, pid: int) -> float:
-            return {211: 1.0, -13: 1.0, 13: -1.0, 22: 0.0, 2112: 0.0, 12: 0.0, 11: -1.0}[pid]
-
-    pid = np.array([90, 211, 211, 13, 22, 2112, 12, 11])
-    status = np.array([-11, 91, 91, 91, 91, 91, 91, 91])
-    px = np.array([0.0, 10.0, 0.3, 20.0, 5.0, 8.0, 30.0, 1.0])
-    py = np.zeros(8)
-    pz = np.array([0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 30.0])  # the electron is at eta ~ 4.1: outside
-    mass = np.array([0.0, 0.1396, 0.1396, 0.1057, 0.0, 0.9396, 0.0, 0.000511])
-    e = np.sqrt(px**2 + py**2 + pz**2 + mass**2)
-    vx = np.zeros(8)
-    vy = np.array([0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # the 10 GeV pion starts 2 mm off the beam line
-    vz = np.zeros(8)
-    batch = EventBatch(np.array([0, 8]), pid, status, np.zeros(8, np.int32), np.zeros(8, np.int32),
-                       px, py, pz, e, vx, vy, vz)  # fmt: skip
-    det = DetectorModel()
-    reco = apply_detector(batch, ChargeTable(_PData()), det, np.random.default_rng(0))
-    # kept: the 10 GeV pion, the muon, the photon, the neutron (soft pion, neutrino, forward electron lost)
-    assert len(reco) == 4
-    assert reco.is_ch_had.tolist() == [True, False, False, False]
-    assert reco.is_muon.tolist() == [False, True, False, False]
-    assert reco.is_photon.tolist() == [False, False, True, False]
-    assert reco.is_neu_had.tolist() == [False, False, False, True]
-    assert reco.charge.tolist() == [1.0, -1.0, 0.0, 0.0]
-    # d0 = (x py - y px) / pT = -2 mm for the displaced pion; its sigma follows a (+) b/pT
-    sigma = np.hypot(det.d0_res_const, det.d0_res_pt / 10.0)
-    assert reco.d0err[0] == pytest.approx(sigma)
-    assert abs(reco.d0[0] + 2.0) < 5 * sigma
-    assert reco.d0[2] == 0.0 and reco.d0err[3] == 0.0 and reco.dzerr[2] == 0.0
-    assert np.all(reco.e > 0)
