@@ -52,10 +52,69 @@ class ProfileConfig:
     quiet: bool = False
 
 
-def _pick_profile_batch(cfg: ProfileConfig) -> int:
-    if cfg.profile_batch is not None:
+def _pick_profile_batch(cfg: ProfileConfig, batch_sizes: Sequence[int], guard: MemoryGuard) -> int:
+    """``--profile-batch`` if it fits in memory, else the measured batch size closest to 64."""
+    if cfg.profile_batch is not None and guard.fits(cfg.profile_batch):
         return cfg.profile_batch
-    return min(cfg.batch_sizes, key=lambda b: (abs(math.log(b / 64)), b))
+    return min(batch_sizes, key=lambda b: (abs(math.log(b / 64)), b))
+
+
+@dataclass
+class MemoryGuard:
+    """Skips batch sizes whose forward would not fit in host memory.
+
+    On CPU an oversized batch is not an error but a kill by the OOM killer (the hit transformer's dense attention
+    at 2048 hits and batch 512 asks for ~70 GB). Batch sizes run in increasing order; the growth of the process's
+    peak RSS over the last one run, scaled linearly, predicts the next. Without a prediction (the first batch, or
+    no ``/proc/meminfo``) the batch runs.
+    """
+
+    base_mb: float  # peak RSS before the first forward of the sweep
+    limit_mb: float | None  # peak RSS allowed: base + share of the memory available then (None: no guard)
+    last: tuple[int, float] | None = None  # (batch size, peak RSS after it)
+
+    SHARE = 0.8
+
+    @classmethod
+    def start(cls, device: torch.device) -> MemoryGuard:
+        base, available = measure.peak_rss_mb(), measure.available_memory_mb()
+        limit = None if device.type != "cpu" or available is None else base + cls.SHARE * available
+        return cls(base, limit)
+
+    def projected_mb(self, batch: int) -> float | None:
+        if self.last is None:
+            return None
+        size, peak = self.last
+        return self.base_mb + max(peak - self.base_mb, 0.0) * batch / size
+
+    def fits(self, batch: int) -> bool:
+        projected = self.projected_mb(batch)
+        return self.limit_mb is None or projected is None or projected <= self.limit_mb
+
+    def record(self, batch: int) -> None:
+        self.last = (batch, measure.peak_rss_mb())
+
+    def note(self, batch: int) -> str:
+        return (f"batch {batch} skipped: its forward would take the process to about "
+                f"{self.projected_mb(batch) / 1024:.1f} GiB (scaled from batch {self.last[0]}), above the "
+                f"{self.limit_mb / 1024:.1f} GiB this machine has room for")
+
+
+def latency_vs_batch(cfg: ProfileConfig, model: torch.nn.Module, pool: dict[str, torch.Tensor],
+                     names: Sequence[str], device: torch.device) -> tuple[list[dict[str, Any]], list[str], MemoryGuard]:
+    """Latency and throughput per batch size, smallest first, skipping those that would not fit in memory."""
+    guard = MemoryGuard.start(device)
+    rows, notes = [], []
+    for bs in sorted(cfg.batch_sizes):
+        if not guard.fits(bs):
+            notes.append(guard.note(bs))
+            continue
+        batch = _to(loading.take_batch(pool, names, bs), device)
+        loading.warm_up(model, batch, device=device)
+        rows.append(measure.time_forward(model, batch, num_threads=cfg.threads,
+                                         min_run_time=cfg.min_run_time).to_dict())
+        guard.record(bs)
+    return rows, notes, guard
 
 
 def _check_sources(cfg: ProfileConfig) -> loading.InputPlan | None:
@@ -204,8 +263,7 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     a = loading.load_model(cfg.network_config, data_config, weights=cfg.weights, options=cfg.options,
                            device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed)
     names = a.input_names
-    pbatch = _pick_profile_batch(cfg)
-    pool, pool_desc = _input_pool(cfg, plan, data_config, max(max(cfg.batch_sizes), pbatch))
+    pool, pool_desc = _input_pool(cfg, plan, data_config, max(max(cfg.batch_sizes), cfg.profile_batch or 1))
     mask_name = loading.mask_input_name(names)
     steps = ["latency", "profiler", "flops", "multiplicity", "subnormals"] + (
         ["compare"] if cfg.weights or cfg.compare_weights else [])
@@ -220,6 +278,9 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
         t_phase = now
         bar.update()
 
+    latencies, memory_notes, guard = latency_vs_batch(cfg, a.model, pool, names, device)
+    batch_sizes = [r["batch_size"] for r in latencies]
+    pbatch = _pick_profile_batch(cfg, batch_sizes, guard)
     results: dict[str, Any] = {
         "config": {**asdict(cfg), "profile_batch": pbatch},
         "model": {
@@ -238,20 +299,14 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
         "inputs": {"source": pool_desc, "multiplicity": loading.real_multiplicity(pool, mask_name),
                    "data_config_read": str(plan.data_config) if plan else None,
                    "notes": list(plan.notes) if plan else []},
+        "batch_size_notes": memory_notes,
     }
 
-    # latency / throughput vs batch size
-    latencies = []
-    for bs in cfg.batch_sizes:
-        batch = _to(loading.take_batch(pool, names, bs), device)
-        loading.warm_up(a.model, batch, device=device)
-        latencies.append(measure.time_forward(a.model, batch, num_threads=cfg.threads,
-                                              min_run_time=cfg.min_run_time).to_dict())
     results["latency_vs_batch"] = latencies
     done("latency")
 
     pinputs = _to(loading.take_batch(pool, names, pbatch), device)
-    loading.warm_up(a.model, pinputs, device=device, calls=0 if pbatch in cfg.batch_sizes else 2)
+    loading.warm_up(a.model, pinputs, device=device, calls=0 if pbatch in batch_sizes else 2)
     results["profiler"] = measure.profile_ops(a.model, pinputs, device=device, trace_path=out / "trace.json")
     mem: dict[str, Any] = {"cpu_peak_rss_mb": measure.peak_rss_mb(),
                            "cpu_alloc_mb_per_forward": results["profiler"]["cpu_alloc_mb_per_step"]}

@@ -196,6 +196,18 @@ def profile_ops(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def available_memory_mb() -> float | None:
+    """Host memory available for new allocations (Linux ``MemAvailable``), in MiB; None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (``resource.getrusage``; Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

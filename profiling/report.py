@@ -144,6 +144,7 @@ def markdown(results: dict[str, Any]) -> str:
         _table(["batch", "median latency [ms]", "IQR [ms]", "runs", "jets/s"],
                [[r["batch_size"], f"{1e3 * r['median_s']:.3f}", f"{1e3 * r['iqr_s']:.3f}", r["runs"],
                  f"{r['jets_per_s']:.1f}"] for r in results["latency_vs_batch"]]),
+        *(f"- {note}" for note in results.get("batch_size_notes", [])),
         "",
         f"## Latency vs particle multiplicity (batch {cfg['profile_batch']}, synthetic jets of n particles, "
         "inputs padded to n)",

@@ -144,3 +144,15 @@ def test_published_particlenet_is_confident_on_generated_jets(jet_files: list[Pa
     # a fresh random init of the same network is close to uniform on the same jets
     fresh = loading.load_model(PARTICLENET, loading.load_data_config(dc_path), weights=None)
     assert forward.prediction_summary(fresh.model, x)["mean_entropy"] > 0.9 * math.log(10)
+
+
+def test_memory_guard_scales_the_last_batch_and_skips_what_would_not_fit() -> None:
+    """Batch sizes run smallest first; the peak-RSS growth of the last one, scaled linearly, predicts the next."""
+    guard = forward.MemoryGuard(base_mb=1000.0, limit_mb=5000.0)
+    assert guard.fits(10**6)  # nothing measured yet: the first batch always runs
+    guard.last = (1, 1100.0)  # batch 1 raised the peak by 100 MiB
+    assert guard.projected_mb(8) == pytest.approx(1800.0) and guard.fits(8)
+    assert guard.projected_mb(64) == pytest.approx(7400.0) and not guard.fits(64)
+    assert guard.note(64) == ("batch 64 skipped: its forward would take the process to about 7.2 GiB (scaled from "
+                              "batch 1), above the 4.9 GiB this machine has room for")
+    assert forward.MemoryGuard(base_mb=1000.0, limit_mb=None, last=(1, 9e9)).fits(512)  # no guard on CUDA
