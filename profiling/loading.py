@@ -174,15 +174,17 @@ def plan_inputs(data_config_path: str | Path, files: Sequence[str], *, work_dir:
             raise InputError("\n".join(p.line() for p in report.errors))
         notes = [p.line() for p in report.problems]  # warnings only, e.g. NaN counts (the model masks them)
         base = _needed_branches(inputs_only)
+        present = {f: _branches(f, options.get("treename")) for f in files}  # read each file's metadata once
         for part, keys in _OPTIONAL_PARTS.items():
             if not any(options.get(k) for k in keys):
                 continue
             trial = {**kept, **{k: options.get(k) for k in keys}}
             extra = sorted(_needed_branches(_write_config(trial, Path(tmp) / f"with_{part}.yaml")) - base)
-            lacking = [f for f in files if not set(extra) <= _branches(f, options.get("treename"))]
+            lacking = [f for f in files if not set(extra) <= present[f]]
             if lacking:
+                missing = sorted(set(extra) - present[lacking[0]])
                 notes.append(f"{part} not read: {len(lacking)} of {len(files)} file(s) lack branch(es) "
-                             f"{', '.join(extra)} (first: {lacking[0]})")
+                             f"{', '.join(missing)} (first: {lacking[0]})")
             else:
                 kept = trial
     work_dir.mkdir(parents=True, exist_ok=True)

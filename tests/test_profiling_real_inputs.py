@@ -150,3 +150,20 @@ def test_jetclass_configs_match_published_observers() -> None:
         assert ours["observers"] == theirs["observers"], name
         assert ours["inputs"] == theirs["inputs"] and ours["labels"] == theirs["labels"], name
         assert ours["new_variables"] == theirs["new_variables"], name
+
+
+def test_input_plan_reads_labels_only_where_every_file_has_them(tmp_path: Path, jet_files: list[Path]) -> None:
+    import yaml
+
+    from profiling import loading
+
+    unlabelled = _copy_without(jet_files[0], tmp_path / "unlabelled.root", {"label_QCD", "label_Tbl"})
+    plan = loading.plan_inputs(KIN, [str(jet_files[1])], work_dir=tmp_path / "a")
+    assert plan.notes == () and yaml.safe_load(plan.data_config.read_text())["labels"]["type"] == "simple"
+    plan = loading.plan_inputs(KIN, [str(jet_files[1]), str(unlabelled)], work_dir=tmp_path / "b")
+    assert plan.notes == (f"labels not read: 1 of 2 file(s) lack branch(es) label_QCD, label_Tbl (first: "
+                          f"{unlabelled})",)
+    read = yaml.safe_load(plan.data_config.read_text())
+    assert read["labels"] == {"type": "custom", "value": {}} and read["observers"] == []
+    jets = loading.load_real_jets([jet_files[1], unlabelled], plan.data_config, max_jets=50)
+    assert len(jets.labels) == 50 and set(jets.labels) == {-1}  # no labels: the profiler reports none
