@@ -151,6 +151,7 @@ class InputPlan:
     notes: tuple[str, ...]
 
 
+NO_LABEL = "_no_label_"  # the label weaver reads when the files have no label branches: -1 for every jet
 # the parts of a data config that the profiler reads only when the files have their branches
 _OPTIONAL_PARTS = {"labels": ("labels",), "selection": ("selection", "test_time_selection")}
 
@@ -187,6 +188,8 @@ def plan_inputs(data_config_path: str | Path, files: Sequence[str], *, work_dir:
                              f"{', '.join(missing)} (first: {lacking[0]})")
             else:
                 kept = trial
+    if not kept["labels"]["value"]:  # weaver's dataset needs one label: a constant -1 per jet ("no label")
+        kept["labels"] = {"type": "custom", "value": {NO_LABEL: f"np.zeros(len({sorted(base)[0]})) - 1"}}
     work_dir.mkdir(parents=True, exist_ok=True)
     return InputPlan(_write_config(kept, work_dir / "profiling_inputs.yaml"), tuple(notes))
 

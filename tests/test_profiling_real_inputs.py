@@ -104,14 +104,18 @@ def _copy_without(src: Path, dst: Path, drop: set[str]) -> Path:
 
 
 def test_file_without_non_input_branches_is_profiled(tmp_path: Path, jet_files: list[Path]) -> None:
-    """jet_tau1..4 and the aux branches are observers at most: the profiler never reads them."""
+    """jet_tau1..4 and the aux branches are observers at most, labels optional: the profiler runs without them."""
+    labels = {f"label_{c}" for c in ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")}
     f = _copy_without(jet_files[0], tmp_path / "no_tau.root",
-                      {"jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4", "jet_sdmass", "aux_truth_match"})
+                      {"jet_tau1", "jet_tau2", "jet_tau3", "jet_tau4", "jet_sdmass", "aux_truth_match", *labels})
     proc = profile("--network-config", REPO_ROOT / "networks" / "particlenet.py", "--data-config", KIN,
                    "--input", f, "--batch-sizes", "2", "--multiplicities", "16", *TINY_PARTICLENET, *QUICK,
                    out=tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [n.split(":")[0] for n in rep["inputs"]["notes"]] == ["labels not read"]
+    assert "labels not read" in (tmp_path / "run" / "report.md").read_text()
 
 
 def _truncated(src: Path, dst: Path) -> Path:
@@ -164,6 +168,7 @@ def test_input_plan_reads_labels_only_where_every_file_has_them(tmp_path: Path, 
     assert plan.notes == (f"labels not read: 1 of 2 file(s) lack branch(es) label_QCD, label_Tbl (first: "
                           f"{unlabelled})",)
     read = yaml.safe_load(plan.data_config.read_text())
-    assert read["labels"] == {"type": "custom", "value": {}} and read["observers"] == []
+    assert read["labels"] == {"type": "custom", "value": {loading.NO_LABEL: "np.zeros(len(jet_energy)) - 1"}}
+    assert read["observers"] == []
     jets = loading.load_real_jets([jet_files[1], unlabelled], plan.data_config, max_jets=50)
     assert len(jets.labels) == 50 and set(jets.labels) == {-1}  # no labels: the profiler reports none
