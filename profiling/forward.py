@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,64,512")
     p.add_argument("--profile-batch", type=int, default=None)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--input", nargs="+", help="ROOT file glob(s) read with weaver's dataset")
+    src.add_argument("--input", nargs="+", help="ROOT or parquet file glob(s), preflighted with data.check, then read "
+                     "with weaver's dataset (model inputs; labels and selection where the files have them)")
     src.add_argument("--synthetic", action="store_true", help="random-but-physical jets")
     p.add_argument("--multiplicity", default="20,80", help="synthetic particle multiplicity range LO,HI")
     p.add_argument("--multiplicities", default="16,32,64,128", help="particle counts for the latency sweep")
