@@ -136,9 +136,8 @@ def _input_pool(cfg: ProfileConfig, plan: loading.InputPlan | None, data_config:
         )
         lo, hi = cfg.synthetic_multiplicity
         return pool, f"synthetic jets, {lo}-{hi} particles"
-    files = loading.expand_input_files(cfg.input_glob)
-    pool = loading.load_real_inputs(files, plan.data_config, max_jets=min(size, cfg.max_jets))
-    return pool, f"{next(iter(pool.values())).shape[0]} real jets from {len(files)} file(s)"
+    pool = loading.load_real_inputs(plan.files, plan.data_config, max_jets=min(size, cfg.max_jets))
+    return pool, f"{next(iter(pool.values())).shape[0]} real jets from {len(plan.files)} file(s)"
 
 
 def min_input_length(model: torch.nn.Module) -> int:

@@ -148,6 +148,7 @@ class InputPlan:
     labels and the selection where every file has their branches; ``notes`` say what was left out and why."""
 
     data_config: Path
+    files: tuple[str, ...]
     notes: tuple[str, ...]
 
 
@@ -191,7 +192,7 @@ def plan_inputs(data_config_path: str | Path, files: Sequence[str], *, work_dir:
     if not kept["labels"]["value"]:  # weaver's dataset needs one label: a constant -1 per jet ("no label")
         kept["labels"] = {"type": "custom", "value": {NO_LABEL: f"np.zeros(len({sorted(base)[0]})) - 1"}}
     work_dir.mkdir(parents=True, exist_ok=True)
-    return InputPlan(_write_config(kept, work_dir / "profiling_inputs.yaml"), tuple(notes))
+    return InputPlan(_write_config(kept, work_dir / "profiling_inputs.yaml"), tuple(files), tuple(notes))
 
 
 def _write_config(options: dict[str, Any], path: Path) -> Path:

@@ -46,8 +46,6 @@ LABEL_SCHEMES = (
     LabelScheme("TopLandscape", "jet_isQCD", {"jet_isTop": (0.5, 0.3)}),
     LabelScheme("QuarkGluon", "jet_isG", {"jet_isQ": (0.5, 0.3)}),
 )
-WORKING_POINTS = {k: v[0] for k, v in LABEL_SCHEMES[0].working_points.items()}  # JetClass, one point per class
-BACKGROUND = LABEL_SCHEMES[0].background
 
 
 def label_scheme(names: Sequence[str]) -> LabelScheme | None:
@@ -212,10 +210,10 @@ def format_metrics(m: dict[str, Any]) -> str:
     auc = "n/a" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
     lines = [f"{m['n_jets']} jets: accuracy {m['accuracy']:.4f}, macro AUC {auc}"]
     for r in m["rejection"].values():
-        bkg = r.get("background", BACKGROUND)
+        bkg = r["background"]
         note = (f" (no {bkg} jet passes: too few background jets to measure)"
                 if rejection_text(r).startswith(">") else "")
-        lines.append(f"  {r.get('signal', '?'):>5} vs {bkg}: 1/eB = {rejection_text(r)} at "
+        lines.append(f"  {r['signal']:>5} vs {bkg}: 1/eB = {rejection_text(r)} at "
                      f"eS = {r['signal_efficiency']:.1%}{note}")
     return "\n".join(lines)
 
