@@ -14,8 +14,15 @@ import numpy as np
 import pytest
 
 from data.generate import generate_dataset
-from data.tagger_rates import FULL_NOT_WORSE, FULL_SLACK, RATE_TOLERANCE, VARIANTS, rates_from_prediction, run_predict
 from data.validate import PARTICLE_TYPES, REFERENCE, load_samples, reference_rows, reference_table
+from profiling.tagger_rates import (
+    FULL_NOT_WORSE,
+    FULL_SLACK,
+    RATE_TOLERANCE,
+    VARIANTS,
+    rates_from_prediction,
+    run_predict,
+)
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "particle_transformer" / "models"
 

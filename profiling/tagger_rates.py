@@ -1,6 +1,6 @@
 """How often the published JetClass ParticleNet's highest score is the true class, on generated jets.
 
-``python -m data.tagger_rates --out DIR [--jets-per-class 300] [--seed 7] [--jets DIR]`` generates (or reads,
+``python -m profiling.tagger_rates --out DIR [--jets-per-class 300] [--seed 7] [--jets DIR]`` generates (or reads,
 with ``--jets``) JetClass-layout files, runs the real ``weaver --predict`` with ``networks/particlenet.py`` and
 the published ``ParticleNet_{kin,full}.pt`` of ``../shared/reference/particle_transformer``, and prints the
 table of issue 14: the rate per class for kin and full inputs beside the rates measured on real JetClass jets
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from data.validate import REFERENCE
+from profiling.metrics import read_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PT = REPO.parent / "shared" / "reference" / "particle_transformer"
@@ -79,8 +80,6 @@ def run_predict(files: Sequence[Path], variant: str, work: Path) -> Path:
 
 def rates_from_prediction(path: Path) -> Rates:
     """Per-class rate from weaver's prediction file (``profiling.metrics.read_predictions``)."""
-    from profiling.metrics import read_predictions
-
     names, truth, scores = read_predictions(path)
     guess = scores.argmax(axis=1)
     rate, jets, wrong = {}, {}, {}
@@ -158,7 +157,7 @@ def collect_files(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point: generate (or read), predict with kin and full weights, print the table and targets."""
-    ap = argparse.ArgumentParser(prog="python -m data.tagger_rates", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m profiling.tagger_rates", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="work directory (jets/, predictions, weaver logs)")
     ap.add_argument("--jets", default=None, help="evaluate the .root files of this directory instead of generating")
     ap.add_argument("--classes", default=DEFAULT_CLASSES)
