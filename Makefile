@@ -18,6 +18,7 @@ $(STAMP): $(BIN)/python setup.py
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-all: $(STAMP)

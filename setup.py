@@ -29,7 +29,7 @@ setup(
     version="0.1.0",
     description="Attention-model plugin and profiling harness for weaver-core",
     python_requires=">=3.10",
-    packages=find_packages(include=["weaver_ext*", "data*", "profiling*", "networks*"]),
+    packages=find_packages(include=["weaver_ext*", "data*", "profiling*", "evaluation*", "networks*"]),
     package_data={"data": ["JetClass/*.yaml", "Tracks/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": ["pytest>=8", "ruff>=0.5"]},

@@ -6,13 +6,13 @@ state_dicts so that they load with strict key matching. ``-o seed N`` makes trai
 ``--load-epoch`` exact (weaver_ext/reproducibility.py).
 """
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from weaver.nn.model.ParticleNet import ParticleNet
 
+from weaver_ext.config import from_options
 from weaver_ext.network import CountsNonFinite, NonFiniteMask, jet_model_info, nonfinite_mask, resolve_num_classes
 from weaver_ext.reproducibility import apply_seed_option, without_seed
 from weaver_ext.weaver_hooks import network_hooks
@@ -20,6 +20,7 @@ from weaver_ext.weaver_hooks import network_hooks
 # published JetClass ParticleNet (particle_transformer repository): three EdgeConv blocks, no fusion block
 JETCLASS_CONV_PARAMS = [(16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))]
 JETCLASS_FC_PARAMS = [(256, 0.1)]
+WHERE = "networks/particlenet.py"
 
 
 @dataclass
@@ -40,11 +41,7 @@ class ParticleNetOptions:
 
 def parse_options(options: dict[str, Any]) -> ParticleNetOptions:
     """Turn weaver's ``-o`` kwargs into a typed config; an unknown key is a one-line error listing valid ones."""
-    valid = [f.name for f in dataclasses.fields(ParticleNetOptions)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown ParticleNet option(s) {unknown}; valid options: {', '.join(valid)}")
-    return ParticleNetOptions(**options)
+    return from_options(ParticleNetOptions, options, where=WHERE)
 
 
 class MinLengthTrimmer(torch.nn.Module):
@@ -95,8 +92,8 @@ class ParticleNetWrapper(CountsNonFinite, torch.nn.Module):
 def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build ParticleNet for weaver: returns ``(model, model_info)`` with dynamic batch and particle axes."""
     options = apply_seed_option(kwargs)
-    nonfinite = nonfinite_mask(options, where="networks/particlenet.py")
-    num_classes = resolve_num_classes(data_config, options, where="networks/particlenet.py")
+    nonfinite = nonfinite_mask(options, where=WHERE)
+    num_classes = resolve_num_classes(data_config, options, where=WHERE)
     opts = parse_options(options)
     model = ParticleNetWrapper(
         nonfinite=nonfinite,
@@ -119,8 +116,8 @@ def get_model(data_config: Any, **kwargs: Any) -> tuple[torch.nn.Module, dict[st
 def get_loss(data_config: Any, **kwargs: Any) -> torch.nn.Module:
     """Cross-entropy over the JetClass labels (options are validated like in ``get_model``)."""
     options = without_seed(kwargs)
-    nonfinite_mask(options, where="networks/particlenet.py")
-    resolve_num_classes(data_config, options, where="networks/particlenet.py")
+    nonfinite_mask(options, where=WHERE)
+    resolve_num_classes(data_config, options, where=WHERE)
     parse_options(options)
     return torch.nn.CrossEntropyLoss()
 

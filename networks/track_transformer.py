@@ -8,21 +8,6 @@ An unknown option is an error listing the valid ones; ``-o seed N`` makes traini
 ``--load-epoch`` exact (weaver_ext/reproducibility.py). See docs/tracks.md.
 """
 
-from weaver_ext.reproducibility import apply_seed_option, without_seed
-from weaver_ext.track import build_track_loss, build_track_model
-from weaver_ext.weaver_hooks import bind_loss, network_hooks, register_model
+from weaver_ext.network_config import track_family
 
-WHERE = "networks/track_transformer.py"
-
-
-def get_model(data_config, **kwargs):
-    model, info = build_track_model(data_config, apply_seed_option(kwargs), where=WHERE)
-    register_model(model)
-    return model, info
-
-
-def get_loss(data_config, **kwargs):
-    return bind_loss(build_track_loss(data_config, without_seed(kwargs), where=WHERE))
-
-
-get_train_fn, get_evaluate_fn = network_hooks("regression")
+get_model, get_loss, get_train_fn, get_evaluate_fn = track_family("networks/track_transformer.py")

@@ -24,8 +24,10 @@ from weaver.nn.model.ParticleTransformer import ParticleTransformer as WeaverPar
 
 from profiling.loading import check_device, expand_input_files, load_real_jets
 from weaver_ext.checkpoint import check_state_dict, read_state_dict
+from weaver_ext.config import from_options
 from weaver_ext.fast_inference import FastInferenceConfig, FastParT
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import ParTConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +50,10 @@ class BenchConfig:
 def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.device):
     """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and ours with the same weights."""
     torch.manual_seed(cfg.seed)
-    ours_cfg = ParTConfig(input_dim=input_dim, num_classes=num_classes)
+    ours_cfg = from_options(ParTConfig, {}, where="profiling/bench.py", input_dim=input_dim, num_classes=num_classes)
     # built as the published recipe builds it (example_ParticleTransformer.py), which our defaults reproduce
     reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=1,
-                           use_pre_activation_pair=ours_cfg.use_pre_activation_pair)
+                           use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair)
     if cfg.weights:
         state = read_state_dict(cfg.weights)
         state = {k.removeprefix("mod."): v for k, v in state.items()}

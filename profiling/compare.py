@@ -1,7 +1,7 @@
 """One efficiency table across profiling runs: ``python -m profiling.compare RUN_DIR [RUN_DIR ...]``.
 
 Each RUN_DIR is the ``--out`` directory of ``python -m profiling.forward`` (holding ``report.json``). Physics
-metrics are added when the run dir holds a ``metrics.json`` from ``python -m profiling.metrics`` (or one is given
+metrics are added when the run dir holds a ``metrics.json`` from ``python -m evaluation.metrics`` (or one is given
 with ``--metrics RUN_DIR=PATH``).
 """
 
@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from profiling.metrics import rejection_text
+from evaluation.metrics import rejection_text
+
+__all__ = ["HEADERS", "load_run", "main", "table"]
 
 HEADERS = ["run", "model", "params", "MMAC/jet", "batch", "latency [ms]", "jets/s", "peak RSS [MiB]",
            "accuracy", "macro AUC", "1/eB Tbqq", "1/eB Hbb"]

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from weaver_ext.attention import attention_score_flops
+
 FlopRule = Callable[[nn.Module, tuple, dict, Any], tuple[int, int]]
 _RULES: dict[type, FlopRule] = {}
 
@@ -111,9 +113,11 @@ register_flops(nn.Softmax)(_elementwise("softmax"))
 
 
 def attention_core_flops(*, batch: int, heads: int, q_len: int, k_len: int, head_dim: int) -> tuple[int, int]:
-    """Dense attention core: ``q @ k^T`` and ``softmax(.) @ v`` (2 MACs per score per head dim) + softmax/mask."""
-    scores = batch * heads * q_len * k_len
-    return 2 * 2 * scores * head_dim, (ELEMENTWISE_COST["softmax"] + 1) * scores
+    """Dense attention core: ``q @ k^T`` and ``softmax(.) @ v`` (2 MACs per score per head dim) + softmax/mask.
+
+    The formula is weaver_ext's (``attention_score_flops``), so weaver-core's attention and ours count alike.
+    """
+    return attention_score_flops(batch * heads * q_len * k_len, qk_dim=head_dim, v_dim=head_dim)
 
 
 def _in_projection_flops(q: torch.Tensor, k: torch.Tensor, embed_dim: int) -> int:
@@ -131,10 +135,9 @@ def dense_attention_flops(m: nn.Module, query: torch.Tensor, key: torch.Tensor) 
 
 
 def _register_weaver_ext_rules() -> None:
-    """Our own attention module (weaver_ext): in-projection is functional, out_proj is a hooked child Linear.
-
-    Subclasses that change the core's cost (sparse/top-k attention) must define ``flops(args, kwargs, out)``.
-    """
+    """weaver_ext's attention skeleton: the packed in-projection is functional; out_proj is a hooked child Linear and
+    the attention itself is its core, a child module that counts its own work (``AttentionCore.flops``: dense,
+    differential maps, DSA top-k with its sort, DSA indexer over the kept keys only)."""
     try:
         from weaver_ext.attention import MultiheadAttention
     except ImportError:
@@ -144,7 +147,7 @@ def _register_weaver_ext_rules() -> None:
     def _ext_attention(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
         query = args[0] if args else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs.get("key")
-        return dense_attention_flops(m, query, query if key is None else key)
+        return _in_projection_flops(query, query if key is None else key, m.embed_dim), 0
 
 
 def _register_weaver_rules() -> None:

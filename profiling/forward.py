@@ -23,6 +23,10 @@ from tqdm import tqdm
 from profiling import flops as flops_mod
 from profiling import loading, measure, report
 
+__all__ = ["MemoryGuard", "ProfileConfig", "build_parser", "compare_models", "config_from_args", "forward_alloc_mb",
+           "latency_vs_batch", "main", "min_input_length", "multiplicity_sweep", "prediction_summary", "run_profile",
+           "subnormal_summary"]
+
 
 @dataclass(kw_only=True)
 class ProfileConfig:
@@ -248,39 +252,91 @@ def compare_models(
     }
 
 
+class _Phases:
+    """Wall time per phase of a run (``load`` from the start) and the progress bar over the phases."""
+
+    def __init__(self, t_start: float, steps: Sequence[str], *, quiet: bool) -> None:
+        self.bar = tqdm(total=len(steps), desc="profiling", disable=quiet, file=sys.stderr)
+        self.last = time.perf_counter()
+        self.times: dict[str, float] = {"load": self.last - t_start}
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.times[phase] = now - self.last
+        self.last = now
+        self.bar.update()
+
+
 def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     """Load, warm up, time, profile, count and compare; writes the report directory and returns the results."""
     t_start = time.perf_counter()
-    device = loading.check_device(cfg.device)
-    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
-        raise ValueError(f"--batch-sizes must be positive integers, got {cfg.batch_sizes}")
-    torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = _prepare_run(cfg)
     plan = _check_sources(cfg)
     data_config = loading.load_data_config(cfg.data_config)
     a = loading.load_model(cfg.network_config, data_config, weights=cfg.weights, options=cfg.options,
                            device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed)
     names = a.input_names
     pool, pool_desc = _input_pool(cfg, plan, data_config, max(max(cfg.batch_sizes), cfg.profile_batch or 1))
-    mask_name = loading.mask_input_name(names)
-    steps = ["latency", "profiler", "flops", "multiplicity", "subnormals"] + (
-        ["compare"] if cfg.weights or cfg.compare_weights else [])
-    bar = tqdm(total=len(steps), desc="profiling", disable=cfg.quiet, file=sys.stderr)
-    phases: dict[str, float] = {"load": time.perf_counter() - t_start}
-    t_phase = time.perf_counter()
-
-    def done(phase: str) -> None:
-        nonlocal t_phase
-        now = time.perf_counter()
-        phases[phase] = now - t_phase
-        t_phase = now
-        bar.update()
+    comparing = bool(cfg.weights or cfg.compare_weights)
+    phases = _Phases(t_start, ["latency", "profiler", "flops", "multiplicity", "subnormals"]
+                     + (["compare"] if comparing else []), quiet=cfg.quiet)
 
     latencies, memory_notes, guard = latency_vs_batch(cfg, a.model, pool, names, device)
     batch_sizes = [r["batch_size"] for r in latencies]
     pbatch = _pick_profile_batch(cfg, batch_sizes, guard)
-    results: dict[str, Any] = {
+    results = _run_description(cfg, a, pool, pool_desc, plan, device, pbatch)
+    results["batch_size_notes"] = memory_notes
+    results["latency_vs_batch"] = latencies
+    phases.done("latency")
+
+    pinputs = _to(loading.take_batch(pool, names, pbatch), device)
+    loading.warm_up(a.model, pinputs, device=device, calls=0 if pbatch in batch_sizes else 2)
+    results["profiler"], results["memory"] = _profile_ops_and_memory(a.model, pinputs, device, out)
+    phases.done("profiler")
+
+    results["flops"] = flops_mod.all_counts(a.model, pinputs)
+    results["predictions"] = prediction_summary(a.model, pinputs)
+    phases.done("flops")
+
+    # latency and FLOPs vs particle multiplicity: synthetic jets of n particles, inputs padded to n (no empty
+    # slots), i.e. what an exported model costs when fed batches trimmed to n particles
+    max_len = next(iter(pool.values())).shape[-1]
+    results["latency_vs_multiplicity"], results["multiplicity_notes"] = multiplicity_sweep(
+        cfg, a.model, data_config, names, pbatch, max_len, device)
+    phases.done("multiplicity")
+
+    results["subnormals"] = subnormal_summary(cfg, a.model, pinputs, device, comparing=comparing)
+    phases.done("subnormals")
+
+    if comparing:
+        b = loading.load_model(cfg.network_config, data_config, weights=cfg.compare_weights, options=cfg.options,
+                               device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed + 1)
+        results["compare"] = compare_models(cfg, a, b, pinputs, device)  # A = --weights/random, B = other
+        phases.done("compare")
+    phases.bar.close()
+    results["memory"]["cpu_peak_rss_mb"] = measure.peak_rss_mb()
+    results["wall_time_s"] = time.perf_counter() - t_start
+    results["phase_times_s"] = phases.times
+    report.write_report(results, out)
+    return results
+
+
+def _prepare_run(cfg: ProfileConfig) -> tuple[torch.device, Path]:
+    """Validate the device and batch sizes, set the torch threads and create the output directory."""
+    device = loading.check_device(cfg.device)
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise ValueError(f"--batch-sizes must be positive integers, got {cfg.batch_sizes}")
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return device, out
+
+
+def _run_description(cfg: ProfileConfig, a: loading.LoadedModel, pool: dict[str, torch.Tensor], pool_desc: str,
+                     plan: loading.InputPlan | None, device: torch.device, pbatch: int) -> dict[str, Any]:
+    """The report's description of the run: config, model, environment and inputs."""
+    names = a.input_names
+    return {
         "config": {**asdict(cfg), "profile_batch": pbatch},
         "model": {
             "network_config": cfg.network_config,
@@ -295,58 +351,35 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
             "torch": torch.__version__, "device": str(device), "threads": cfg.threads,
             "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
-        "inputs": {"source": pool_desc, "multiplicity": loading.real_multiplicity(pool, mask_name),
+        "inputs": {"source": pool_desc, "multiplicity": loading.real_multiplicity(pool, loading.mask_input_name(names)),
                    "data_config_read": str(plan.data_config) if plan else None,
                    "notes": list(plan.notes) if plan else []},
-        "batch_size_notes": memory_notes,
     }
 
-    results["latency_vs_batch"] = latencies
-    done("latency")
 
-    pinputs = _to(loading.take_batch(pool, names, pbatch), device)
-    loading.warm_up(a.model, pinputs, device=device, calls=0 if pbatch in batch_sizes else 2)
-    results["profiler"] = measure.profile_ops(a.model, pinputs, device=device, trace_path=out / "trace.json")
+def _profile_ops_and_memory(model: torch.nn.Module, inputs: Sequence[torch.Tensor], device: torch.device,
+                            out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """torch.profiler ops (trace.json in ``out``) and the memory figures (a CUDA snapshot on GPU)."""
+    profiler = measure.profile_ops(model, inputs, device=device, trace_path=out / "trace.json")
     mem: dict[str, Any] = {"cpu_peak_rss_mb": measure.peak_rss_mb(),
-                           "cpu_alloc_mb_per_forward": results["profiler"]["cpu_alloc_mb_per_step"]}
+                           "cpu_alloc_mb_per_forward": profiler["cpu_alloc_mb_per_step"]}
     if device.type == "cuda":
-        mem["cuda"] = measure.cuda_memory(a.model, pinputs, device=device, snapshot_path=out / "cuda_memory.pickle")
-    results["memory"] = mem
-    done("profiler")
+        mem["cuda"] = measure.cuda_memory(model, inputs, device=device, snapshot_path=out / "cuda_memory.pickle")
+    return profiler, mem
 
-    fl = flops_mod.all_counts(a.model, pinputs)
-    results["flops"] = fl
-    results["predictions"] = prediction_summary(a.model, pinputs)
-    done("flops")
 
-    # latency and FLOPs vs particle multiplicity: synthetic jets of n particles, inputs padded to n (no empty
-    # slots), i.e. what an exported model costs when fed batches trimmed to n particles
-    max_len = next(iter(pool.values())).shape[-1]
-    results["latency_vs_multiplicity"], results["multiplicity_notes"] = multiplicity_sweep(
-        cfg, a.model, data_config, names, pbatch, max_len, device)
-    done("multiplicity")
-
-    results["subnormals"] = {"weights": measure.subnormal_weights(a.model),
-                             "activations": measure.subnormal_activations(a.model, pinputs)}
-    n_sub = results["subnormals"]["weights"]["subnormal"] + results["subnormals"]["activations"]["subnormal"]
-    if device.type == "cpu" and not (cfg.weights or cfg.compare_weights):
-        # single-model run: only worth the extra calls when there is something to flush (A/B runs always measure)
-        results["subnormals"]["flush_denormal"] = measure.flush_denormal_effect(
-            a.model, pinputs, rounds=cfg.ftz_rounds, num_threads=cfg.threads) if (n_sub or cfg.always_ftz) else {
+def subnormal_summary(cfg: ProfileConfig, model: torch.nn.Module, inputs: Sequence[torch.Tensor],
+                      device: torch.device, *, comparing: bool) -> dict[str, Any]:
+    """Subnormal weights and activations; on CPU single-model runs also the flush-denormal timing, only when there
+    is something to flush (or ``--ftz``); A/B runs measure it per side in ``compare_models``."""
+    sub: dict[str, Any] = {"weights": measure.subnormal_weights(model),
+                           "activations": measure.subnormal_activations(model, inputs)}
+    n_sub = sub["weights"]["subnormal"] + sub["activations"]["subnormal"]
+    if device.type == "cpu" and not comparing:
+        sub["flush_denormal"] = measure.flush_denormal_effect(
+            model, inputs, rounds=cfg.ftz_rounds, num_threads=cfg.threads) if (n_sub or cfg.always_ftz) else {
             "supported": None, "skipped": "no subnormal values in weights or activations (use --ftz to measure)"}
-    done("subnormals")
-
-    if cfg.weights or cfg.compare_weights:
-        b = loading.load_model(cfg.network_config, data_config, weights=cfg.compare_weights, options=cfg.options,
-                               device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed + 1)
-        results["compare"] = compare_models(cfg, a, b, pinputs, device)  # A = --weights/random, B = other
-        done("compare")
-    bar.close()
-    results["memory"]["cpu_peak_rss_mb"] = measure.peak_rss_mb()
-    results["wall_time_s"] = time.perf_counter() - t_start
-    results["phase_times_s"] = phases
-    report.write_report(results, out)
-    return results
+    return sub
 
 
 def _parse_batch_sizes(text: str) -> list[int]:
@@ -378,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multiplicity", default="20,80", help="synthetic particle multiplicity range LO,HI")
     p.add_argument("--multiplicities", default="16,32,64,128", help="particle counts for the latency sweep")
     p.add_argument("--out", default="profile_out")
-    p.add_argument("-o", "--network-option", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    loading.add_network_option_argument(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per latency measurement")
     p.add_argument("--ab-rounds", type=int, default=8)

@@ -1,20 +1,31 @@
 """Load a weaver network config, its weights and its inputs exactly the way the ``weaver`` CLI does.
 
-The model comes from ``import_module(network_config)`` + ``get_model(data_config, **options)``; real inputs come
-from weaver's own ``SimpleIterDataset`` preprocessing of ROOT files; synthetic inputs are random but physical jets
-pushed through the same standardisation / padding rules of the data config.
+The one home of these helpers for the whole repository (profiling, evaluation, scripts, tests):
+
+- ``import_network_config``: a network config module imported by path (weaver's ``import_module``);
+- ``load_data_config``: weaver's ``DataConfig`` of a YAML file, every failure a one-line ``data.check.ConfigError``;
+- ``parse_network_options`` / ``add_network_option_argument``: the ``-o KEY VALUE`` options, parsed like weaver;
+- ``synthetic_inputs`` (random but physical jets pushed through the data config's standardisation / padding
+  rules) and ``synthetic_hits`` (random detector hits in data/Tracks/tracks.yaml's layout);
+- ``weaver_exe``: the ``weaver`` CLI of this interpreter's environment.
+
+The model comes from ``import_network_config(network_config)`` + ``get_model(data_config, **options)``; real inputs
+come from weaver's own ``SimpleIterDataset`` preprocessing of ROOT files.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import glob
 import math
+import sys
 import tempfile
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -22,6 +33,14 @@ import torch
 import yaml
 
 from weaver_ext.checkpoint import load_checkpoint
+
+__all__ = [
+    "CUDA_WARMUP_CALLS", "MIN_WARMUP_CALLS", "NO_LABEL", "InputError", "InputPlan", "LoadedModel", "RealJets",
+    "add_network_option_argument", "build_model", "check_device", "count_parameters", "expand_input_files",
+    "fmt_si", "import_network_config", "load_data_config", "load_model", "load_real_inputs", "load_real_jets",
+    "load_weights", "mask_input_name", "parse_network_options", "plan_inputs", "real_multiplicity",
+    "synthetic_hits", "synthetic_inputs", "take_batch", "warm_up", "weaver_exe",
+]
 
 # ParT's SequenceTrimmer is inactive during its first 5 forward calls: always warm up past that
 MIN_WARMUP_CALLS = 6
@@ -55,26 +74,51 @@ def parse_network_options(pairs: Sequence[Sequence[str]]) -> dict[str, Any]:
     return options
 
 
+def add_network_option_argument(parser: argparse.ArgumentParser, *, help: str | None = None) -> None:
+    """The ``-o/--network-option KEY VALUE`` argument (repeatable, ``dest='network_option'``) as weaver has it;
+    parse its pairs with ``parse_network_options``."""
+    parser.add_argument("-o", "--network-option", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help=help or "network option as for weaver (Python literal values, e.g. -o num_layers 2)")
+
+
 def load_data_config(path: str | Path) -> Any:
-    """The data config as weaver builds the model from it (no observers, no reweighting); one-line errors."""
+    """weaver's ``DataConfig`` as weaver builds the model from it (no observers, no reweighting).
+
+    Any failure (missing file, invalid YAML, rejected by weaver) is a one-line ``data.check.ConfigError`` (a
+    ``ValueError``) naming the file.
+    """
     from data.check import load_data_config as load_checked
 
-    full = load_checked(path)  # ConfigError (a ValueError) naming the file for a missing or invalid config
+    full = load_checked(path)
     options = {**full.options, "observers": None, "weights": None}
     return type(full)(print_info=False, **options)
+
+
+def import_network_config(path: str | Path, *, name: str = "_network_module") -> ModuleType:
+    """Import a network config by path, as weaver's ``--network-config`` does; it must define ``get_model``."""
+    from weaver.utils.import_tools import import_module
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"network config not found: {path}")
+    module = import_module(str(path), name=name)
+    if not hasattr(module, "get_model"):
+        raise ValueError(f"{path} has no get_model(data_config, **kwargs)")
+    return module
+
+
+def weaver_exe() -> str:
+    """The ``weaver`` entry point installed beside this Python interpreter (the project's venv)."""
+    exe = Path(sys.executable).with_name("weaver")
+    if not exe.is_file():
+        raise ValueError(f"weaver not found at {exe}; run inside the project's venv")
+    return str(exe)
 
 
 def build_model(
     network_config: str | Path, data_config: Any, *, options: dict[str, Any] | None = None, for_inference: bool = True
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Import the network config by path (as weaver does) and call ``get_model(data_config, **options)``."""
-    from weaver.utils.import_tools import import_module
-
-    if not Path(network_config).is_file():
-        raise FileNotFoundError(f"network config not found: {network_config}")
-    module = import_module(str(network_config), name="_network_module")
-    if not hasattr(module, "get_model"):
-        raise ValueError(f"{network_config} has no get_model(data_config, **kwargs)")
+    module = import_network_config(network_config)
     opts = dict(options or {})
     if for_inference:
         opts["for_inference"] = True
@@ -233,8 +277,10 @@ class RealJets:
     label_names: list[str]
 
 
-def load_real_jets(files: Sequence[str | Path], data_config_path: str | Path, *, max_jets: int = 4096) -> RealJets:
-    """Read and preprocess jets with weaver's ``SimpleIterDataset`` (test mode, files in order, no shuffling)."""
+def load_real_jets(files: Sequence[str | Path], data_config_path: str | Path, *,
+                   max_jets: int | None = 4096) -> RealJets:
+    """Read and preprocess jets with weaver's ``SimpleIterDataset`` (test mode, files in order, no shuffling);
+    the first ``max_jets`` (None: all)."""
     from weaver.utils.dataset import SimpleIterDataset
 
     dataset = SimpleIterDataset(
@@ -256,7 +302,7 @@ def load_real_jets(files: Sequence[str | Path], data_config_path: str | Path, *,
             chunks[k].append(np.asarray(X[k]))
         label = y[cfg.label_names[0]] if cfg.label_names else -1
         labels.append(int(label) if np.ndim(label) == 0 else -1)  # regression targets: no class index
-        if len(labels) >= max_jets:
+        if max_jets is not None and len(labels) >= max_jets:
             break
     if not labels:
         raise RuntimeError(f"no jets read from {list(files)}")
@@ -380,6 +426,34 @@ def synthetic_inputs(
                 arr[b, v] = _pad(x, pad_len, p["pad_mode"], p["pad_value"])
         out[group] = arr
     return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def synthetic_hits(
+    *, batch_size: int, length: int, hits: int | tuple[int, int] | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random detector-hit events in data/Tracks/tracks.yaml's input layout (``hit_points``, ``hit_features``,
+    ``hit_mask``), already standardised: PMTs on a sphere of radius 1.1 R, times, log charges.
+
+    ``hits`` real hits per event (fixed, or a (lo, hi) range drawn per event); None: all ``length`` slots are real.
+    The slots after the real hits are padding (mask 0, zero points and features).
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    gen = torch.Generator().manual_seed(seed)
+    if hits is None:
+        n_real = torch.full((batch_size,), length)
+    elif isinstance(hits, int):
+        n_real = torch.full((batch_size,), hits)
+    else:
+        n_real = torch.randint(hits[0], hits[1] + 1, (batch_size,), generator=gen)
+    if int(n_real.min()) < 1 or int(n_real.max()) > length:
+        raise ValueError(f"hits per event must lie in 1..{length}, got {hits}")
+    xyz = torch.nn.functional.normalize(torch.randn(batch_size, 3, length, generator=gen), dim=1) * 1.1
+    t = torch.rand(batch_size, 1, length, generator=gen) * 3.0
+    logq = torch.randn(batch_size, 1, length, generator=gen)
+    mask = (torch.arange(length).view(1, 1, -1) < n_real.view(-1, 1, 1)).float()
+    return {"hit_points": torch.cat((xyz, t), dim=1) * mask,
+            "hit_features": torch.cat((xyz, t - 1.0, logq), dim=1) * mask, "hit_mask": mask}
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,10 +1,15 @@
-"""Timers, torch.profiler traces, memory, subnormal counts and interleaved A/B latency comparisons."""
+"""Timers, torch.profiler traces, memory, subnormal counts and interleaved A/B latency comparisons.
+
+The one home of process memory readings (``peak_rss_mb``, ``current_rss_mb``, ``available_memory_mb``).
+"""
 
 from __future__ import annotations
 
+import os
 import resource
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils import benchmark
+
+__all__ = [
+    "Latency", "available_memory_mb", "bootstrap_ci", "cuda_memory", "current_rss_mb", "flush_denormal_effect",
+    "interleaved_latency", "one_call_seconds", "peak_rss_mb", "profile_ops", "subnormal_activations",
+    "subnormal_weights", "summarize_samples", "time_forward",
+]
 
 
 @dataclass
@@ -139,6 +150,22 @@ def profile_ops(
     top: int = 15,
 ) -> dict[str, Any]:
     """Profile ``active`` scheduled steps: top ops by self CPU/CUDA time, memory, and a Perfetto-loadable trace."""
+    events = _profiled_events(model, inputs, device=device, trace_path=trace_path, wait=wait, warmup=warmup,
+                              active=active)
+    rows = [r for r in (_op_row(e, active) for e in events) if not r["op"].startswith("ProfilerStep")]
+    return {
+        "steps": {"wait": wait, "warmup": warmup, "active": active},
+        "per_step_self_cpu_ms": sum(r["self_cpu_ms"] for r in rows),
+        "top_self_cpu": sorted(rows, key=lambda r: -r["self_cpu_ms"])[:top],
+        "top_self_device": sorted(rows, key=lambda r: -r["self_device_ms"])[:top] if device.type == "cuda" else [],
+        "cpu_alloc_mb_per_step": sum(max(r["self_cpu_mem_mb"], 0.0) for r in rows),
+        "trace": trace_path.name,
+    }
+
+
+def _profiled_events(model: torch.nn.Module, inputs: Sequence[torch.Tensor], *, device: torch.device,
+                     trace_path: Path, wait: int, warmup: int, active: int) -> Any:
+    """Run the profiler schedule, write the Chrome trace and return the averaged events of the active steps."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -162,32 +189,19 @@ def profile_ops(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             prof.step()
-    events = captured.get("events") or prof.key_averages()
-    rows = []
-    for e in events:
-        rows.append(
-            {
-                "op": e.key,
-                "calls": int(e.count) // active,
-                "self_cpu_ms": e.self_cpu_time_total / 1e3 / active,
-                "cpu_total_ms": e.cpu_time_total / 1e3 / active,
-                "self_device_ms": getattr(e, "self_device_time_total", 0.0) / 1e3 / active,
-                "self_cpu_mem_mb": e.self_cpu_memory_usage / 2**20 / active,
-                "self_device_mem_mb": getattr(e, "self_device_memory_usage", 0) / 2**20 / active,
-            }
-        )
-    rows = [r for r in rows if not r["op"].startswith("ProfilerStep")]
-    total_self = sum(r["self_cpu_ms"] for r in rows)
-    by_cpu = sorted(rows, key=lambda r: -r["self_cpu_ms"])[:top]
-    by_dev = sorted(rows, key=lambda r: -r["self_device_ms"])[:top] if device.type == "cuda" else []
-    allocated = sum(max(r["self_cpu_mem_mb"], 0.0) for r in rows)
+    return captured.get("events") or prof.key_averages()
+
+
+def _op_row(event: Any, active: int) -> dict[str, Any]:
+    """One op's per-step times and allocations."""
     return {
-        "steps": {"wait": wait, "warmup": warmup, "active": active},
-        "per_step_self_cpu_ms": total_self,
-        "top_self_cpu": by_cpu,
-        "top_self_device": by_dev,
-        "cpu_alloc_mb_per_step": allocated,
-        "trace": trace_path.name,
+        "op": event.key,
+        "calls": int(event.count) // active,
+        "self_cpu_ms": event.self_cpu_time_total / 1e3 / active,
+        "cpu_total_ms": event.cpu_time_total / 1e3 / active,
+        "self_device_ms": getattr(event, "self_device_time_total", 0.0) / 1e3 / active,
+        "self_cpu_mem_mb": event.self_cpu_memory_usage / 2**20 / active,
+        "self_device_mem_mb": getattr(event, "self_device_memory_usage", 0) / 2**20 / active,
     }
 
 
@@ -209,8 +223,15 @@ def available_memory_mb() -> float | None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (``resource.getrusage``; Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB (``resource.getrusage``; Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def cuda_memory(
@@ -262,7 +283,7 @@ def subnormal_weights(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def subnormal_activations(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """Subnormal values in every module's tensor outputs during one forward (forward hooks)."""
+    """Subnormal values in every leaf module's tensor outputs during one forward (forward hooks)."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
     def hook(name: str) -> Callable:
@@ -276,17 +297,24 @@ def subnormal_activations(model: torch.nn.Module, inputs: Sequence[torch.Tensor]
 
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and not list(m.children())]
-    try:
-        with torch.inference_mode():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with _leaf_output_hooks(model, hook), torch.inference_mode():
+        model(*inputs)
     sub = sum(v[0] for v in counts.values())
     total = sum(v[1] for v in counts.values())
     top = {k: v[0] for k, v in sorted(counts.items(), key=lambda kv: -kv[1][0])[:5] if v[0]}
     return {"subnormal": sub, "total": total, "fraction": sub / max(total, 1), "top_modules": top}
+
+
+@contextmanager
+def _leaf_output_hooks(model: torch.nn.Module, make_hook: Callable[[str], Callable]) -> Iterator[None]:
+    """Forward hooks ``make_hook(name)`` on every leaf module while the block runs, removed afterwards."""
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in leaves]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def flush_denormal_effect(

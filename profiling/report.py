@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from profiling.loading import fmt_si
+
+__all__ = ["PLOTS", "markdown", "plot_compare", "plot_multiplicity", "plot_ops", "plot_throughput", "terminal_summary",
+           "write_json", "write_plots", "write_report"]
 
 PLOTS = {
     "throughput_vs_batch": "throughput_vs_batch.png",
@@ -39,69 +44,67 @@ def _plt() -> Any:
     return plt
 
 
+@contextmanager
+def _figure(path: Path, size: tuple[float, float]) -> Iterator[Any]:
+    """One-axes figure: yields the axes, then lays out, saves ``path`` (100 dpi) and closes the figure."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
 def plot_throughput(results: dict[str, Any], path: Path) -> None:
     """Jets/s vs batch size (log-x)."""
-    plt = _plt()
     rows = results["latency_vs_batch"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar([r["batch_size"] for r in rows], [r["jets_per_s"] for r in rows],
-                yerr=[r["batch_size"] * r["iqr_s"] / r["median_s"] ** 2 / 2 for r in rows], marker="o", capsize=3)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("jets / s (median; bar = IQR)")
-    ax.set_title(f"{results['model']['model_class']} on {results['environment']['device']}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _figure(path, (5, 3.5)) as ax:
+        ax.errorbar([r["batch_size"] for r in rows], [r["jets_per_s"] for r in rows],
+                    yerr=[r["batch_size"] * r["iqr_s"] / r["median_s"] ** 2 / 2 for r in rows], marker="o",
+                    capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("jets / s (median; bar = IQR)")
+        ax.set_title(f"{results['model']['model_class']} on {results['environment']['device']}")
+        ax.grid(alpha=0.3)
 
 
 def plot_multiplicity(results: dict[str, Any], path: Path) -> None:
     """Per-call latency and FLOPs/jet vs particle multiplicity."""
-    plt = _plt()
     rows = results["latency_vs_multiplicity"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    if rows:
-        xs = [r["multiplicity"] for r in rows]
-        ax.errorbar(xs, [1e3 * r["median_s"] for r in rows], yerr=[1e3 * r["iqr_s"] / 2 for r in rows], marker="o",
-                    capsize=3, label="latency")
-        ax2 = ax.twinx()
-        ax2.plot(xs, [r["flops_per_jet"] / 1e6 for r in rows], "s--", color="C1", label="MFLOP/jet")
-        ax2.set_ylabel("MFLOP / jet (ours)", color="C1")
-    ax.set_xlabel("particles per jet")
-    ax.set_ylabel(f"latency per batch of {results['config']['profile_batch']} [ms]")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _figure(path, (5, 3.5)) as ax:
+        if rows:
+            xs = [r["multiplicity"] for r in rows]
+            ax.errorbar(xs, [1e3 * r["median_s"] for r in rows], yerr=[1e3 * r["iqr_s"] / 2 for r in rows],
+                        marker="o", capsize=3, label="latency")
+            ax2 = ax.twinx()
+            ax2.plot(xs, [r["flops_per_jet"] / 1e6 for r in rows], "s--", color="C1", label="MFLOP/jet")
+            ax2.set_ylabel("MFLOP / jet (ours)", color="C1")
+        ax.set_xlabel("particles per jet")
+        ax.set_ylabel(f"latency per batch of {results['config']['profile_batch']} [ms]")
+        ax.grid(alpha=0.3)
 
 
 def plot_ops(results: dict[str, Any], path: Path) -> None:
     """Horizontal bars: top ops by self CPU time per forward."""
-    plt = _plt()
     rows = results["profiler"]["top_self_cpu"][:12][::-1]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.barh([r["op"][:40] for r in rows], [r["self_cpu_ms"] for r in rows])
-    ax.set_xlabel("self CPU time per forward [ms]")
-    ax.set_title("op-time breakdown (torch.profiler)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _figure(path, (6, 4)) as ax:
+        ax.barh([r["op"][:40] for r in rows], [r["self_cpu_ms"] for r in rows])
+        ax.set_xlabel("self CPU time per forward [ms]")
+        ax.set_title("op-time breakdown (torch.profiler)")
 
 
 def plot_compare(results: dict[str, Any], path: Path) -> None:
     """Interleaved latency samples of A (given weights) and B (other weights) as box plots."""
-    plt = _plt()
     cmp = results["compare"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.boxplot([[1e3 * x for x in cmp["samples"]["A"]], [1e3 * x for x in cmp["samples"]["B"]]])
-    ax.set_xticks([1, 2], [f"A: {Path(cmp['A']['weights']).name}", f"B: {Path(cmp['B']['weights']).name}"])
-    ax.set_ylabel(f"latency per batch of {cmp['batch_size']} [ms]")
-    lo, hi = cmp["latency_ratio_ci95"]
-    ax.set_title(f"B/A = {cmp['latency_ratio_B_over_A']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with _figure(path, (5, 3.5)) as ax:
+        ax.boxplot([[1e3 * x for x in cmp["samples"]["A"]], [1e3 * x for x in cmp["samples"]["B"]]])
+        ax.set_xticks([1, 2], [f"A: {Path(cmp['A']['weights']).name}", f"B: {Path(cmp['B']['weights']).name}"])
+        ax.set_ylabel(f"latency per batch of {cmp['batch_size']} [ms]")
+        lo, hi = cmp["latency_ratio_ci95"]
+        ax.set_title(f"B/A = {cmp['latency_ratio_B_over_A']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[str]:
@@ -128,32 +131,66 @@ def _fmt_opt(x: float | None, unit: str = "") -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """Human-readable report."""
-    m, fl, cfg = results["model"], results["flops"]["per_jet"], results["config"]
     parts = [
+        *_run_md(results), "",
+        *_batch_md(results), "",
+        *_multiplicity_md(results), "",
+        *_flops_md(results), "",
+        *_ops_md(results), "",
+        *_memory_md(results), "",
+        *_subnormal_md(results),
+    ]
+    pred = results.get("predictions") or {}
+    if pred:
+        parts += ["", "## Outputs", f"- mean max-probability {pred['mean_max_prob']:.3f}, mean entropy "
+                  f"{pred['mean_entropy']:.3f} (uniform: {pred['uniform_entropy']:.3f})"]
+    if "compare" in results:
+        parts += ["", _compare_md(results["compare"])]
+    parts += ["", "## Plots"] + [f"![{k}]({v})" for k, v in PLOTS.items()
+                                 if k != "trained_vs_untrained" or "compare" in results]
+    return "\n".join(parts) + "\n"
+
+
+def _run_md(results: dict[str, Any]) -> list[str]:
+    """Title and what was run: model, weights, device, inputs, wall time."""
+    m, env, cfg = results["model"], results["environment"], results["config"]
+    return [
         f"# Forward-pass profile: {m['model_class']} ({Path(m['network_config']).name})",
         "",
         f"- weights: `{m['weights']}`; parameters: {m['params']:,}",
-        f"- device: {results['environment']['device']}, threads: {results['environment']['threads']}, "
-        f"torch {results['environment']['torch']}",
+        f"- device: {env['device']}, threads: {env['threads']}, torch {env['torch']}",
         f"- inputs: {results['inputs']['source']}; for_inference={cfg['for_inference']}",
         *(f"  - {note}" for note in results["inputs"].get("notes", [])),
         f"- wall time of this run: {results['wall_time_s']:.1f} s ("
         + ", ".join(f"{k} {v:.1f} s" for k, v in results.get("phase_times_s", {}).items()) + ")",
-        "",
+    ]
+
+
+def _batch_md(results: dict[str, Any]) -> list[str]:
+    return [
         "## Latency and throughput vs batch size",
         _table(["batch", "median latency [ms]", "IQR [ms]", "runs", "jets/s"],
                [[r["batch_size"], f"{1e3 * r['median_s']:.3f}", f"{1e3 * r['iqr_s']:.3f}", r["runs"],
                  f"{r['jets_per_s']:.1f}"] for r in results["latency_vs_batch"]]),
         *(f"- {note}" for note in results.get("batch_size_notes", [])),
-        "",
-        f"## Latency vs particle multiplicity (batch {cfg['profile_batch']}, synthetic jets of n particles, "
-        "inputs padded to n)",
+    ]
+
+
+def _multiplicity_md(results: dict[str, Any]) -> list[str]:
+    return [
+        f"## Latency vs particle multiplicity (batch {results['config']['profile_batch']}, synthetic jets of n "
+        "particles, inputs padded to n)",
         _table(["particles", "slots", "median latency [ms]", "IQR [ms]", "jets/s", "MFLOP/jet"],
                [[r["multiplicity"], r.get("slots", r["multiplicity"]), f"{1e3 * r['median_s']:.3f}",
                  f"{1e3 * r['iqr_s']:.3f}", f"{r['jets_per_s']:.1f}", f"{r['flops_per_jet'] / 1e6:.2f}"]
                 for r in results["latency_vs_multiplicity"]]),
         *(f"- {note}" for note in results.get("multiplicity_notes", [])),
-        "",
+    ]
+
+
+def _flops_md(results: dict[str, Any]) -> list[str]:
+    fl = results["flops"]["per_jet"]
+    return [
         f"## FLOPs per jet (batch {results['flops']['batch']})",
         _table(["counter", "value", "note"], [
             ["ours (matmul FLOPs, 1 MAC = 2 FLOPs)", _fmt_opt(fl["ours_matmul_flops"], "FLOP"),
@@ -165,43 +202,40 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         _table(["module type", "MFLOP/jet"],
                [[k, f"{v / 1e6:.2f}"] for k, v in results["flops"]["ours_by_type"].items()]),
-        "",
+    ]
+
+
+def _ops_md(results: dict[str, Any]) -> list[str]:
+    return [
         "## Where the time goes (torch.profiler, per forward)",
         f"Trace: `{results['profiler']['trace']}` (open in https://ui.perfetto.dev or chrome://tracing).",
         "",
         _table(["op", "calls", "self CPU [ms]", "self CUDA [ms]", "self CPU mem [MiB]"],
                [[r["op"], r["calls"], f"{r['self_cpu_ms']:.3f}", f"{r['self_device_ms']:.3f}",
                  f"{r['self_cpu_mem_mb']:.2f}"] for r in results["profiler"]["top_self_cpu"]]),
-        "",
-        "## Memory",
-        f"- CPU peak RSS of the process: {results['memory']['cpu_peak_rss_mb']:.1f} MiB",
-        f"- CPU bytes allocated per forward (profiler): {results['memory']['cpu_alloc_mb_per_forward']:.2f} MiB",
     ]
-    if "cuda" in results["memory"]:
-        c = results["memory"]["cuda"]
-        parts.append(f"- CUDA max allocated: {c['max_allocated_mb']:.1f} MiB (snapshot `{c['snapshot']}`)")
+
+
+def _memory_md(results: dict[str, Any]) -> list[str]:
+    mem = results["memory"]
+    c = mem.get("cuda")
+    cuda = [f"- CUDA max allocated: {c['max_allocated_mb']:.1f} MiB (snapshot `{c['snapshot']}`)"] if c else []
+    return ["## Memory", f"- CPU peak RSS of the process: {mem['cpu_peak_rss_mb']:.1f} MiB",
+            f"- CPU bytes allocated per forward (profiler): {mem['cpu_alloc_mb_per_forward']:.2f} MiB", *cuda]
+
+
+def _subnormal_md(results: dict[str, Any]) -> list[str]:
     sub = results["subnormals"]
-    parts += [
-        "",
-        "## Subnormal numbers",
-        f"- weights: {sub['weights']['subnormal']} of {sub['weights']['total']:,}",
-        f"- activations (one forward): {sub['activations']['subnormal']} of {sub['activations']['total']:,}",
-    ]
-    if "flush_denormal" in sub and sub["flush_denormal"].get("supported"):
-        f = sub["flush_denormal"]
-        parts.append(f"- `torch.set_flush_denormal(True)` latency ratio on/off: {f['ratio_on_over_off']:.3f} "
-                     f"(95% CI {f['ratio_ci95'][0]:.3f}-{f['ratio_ci95'][1]:.3f})")
-    elif "flush_denormal" in sub and "skipped" in sub["flush_denormal"]:
-        parts.append(f"- flush-denormal timing skipped: {sub['flush_denormal']['skipped']}")
-    pred = results.get("predictions") or {}
-    if pred:
-        parts += ["", "## Outputs", f"- mean max-probability {pred['mean_max_prob']:.3f}, mean entropy "
-                  f"{pred['mean_entropy']:.3f} (uniform: {pred['uniform_entropy']:.3f})"]
-    if "compare" in results:
-        parts += ["", _compare_md(results["compare"])]
-    parts += ["", "## Plots"] + [f"![{k}]({v})" for k, v in PLOTS.items()
-                                 if k != "trained_vs_untrained" or "compare" in results]
-    return "\n".join(parts) + "\n"
+    return ["## Subnormal numbers", f"- weights: {sub['weights']['subnormal']} of {sub['weights']['total']:,}",
+            f"- activations (one forward): {sub['activations']['subnormal']} of {sub['activations']['total']:,}",
+            *_flush_denormal_md(sub.get("flush_denormal", {}))]
+
+
+def _flush_denormal_md(ftz: dict[str, Any]) -> list[str]:
+    if ftz.get("supported"):
+        return [f"- `torch.set_flush_denormal(True)` latency ratio on/off: {ftz['ratio_on_over_off']:.3f} "
+                f"(95% CI {ftz['ratio_ci95'][0]:.3f}-{ftz['ratio_ci95'][1]:.3f})"]
+    return [f"- flush-denormal timing skipped: {ftz['skipped']}"] if "skipped" in ftz else []
 
 
 def _compare_md(cmp: dict[str, Any]) -> str:

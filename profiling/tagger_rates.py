@@ -13,7 +13,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from data.validate import REFERENCE
-from profiling.metrics import read_predictions
+from evaluation.metrics import read_predictions
+from profiling.loading import weaver_exe
+
+__all__ = ["DEFAULT_CLASSES", "FULL_NOT_WORSE", "FULL_SLACK", "RATE_TOLERANCE", "VARIANTS", "Rates", "collect_files",
+           "main", "rate_table", "rates_from_prediction", "run_predict", "target_lines"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_PT = REPO.parent / "shared" / "reference" / "particle_transformer"
@@ -41,14 +44,6 @@ class Rates:
     rate: dict[str, float]
     jets: dict[str, int]
     top_wrong: dict[str, str]
-
-
-def weaver_exe() -> str:
-    """The ``weaver`` entry point installed beside this Python interpreter (the project's venv)."""
-    exe = Path(sys.executable).with_name("weaver")
-    if not exe.is_file():
-        raise ValueError(f"weaver not found at {exe}; run inside the project's venv")
-    return str(exe)
 
 
 def run_predict(files: Sequence[Path], variant: str, work: Path) -> Path:
@@ -79,7 +74,7 @@ def run_predict(files: Sequence[Path], variant: str, work: Path) -> Path:
 
 
 def rates_from_prediction(path: Path) -> Rates:
-    """Per-class rate from weaver's prediction file (``profiling.metrics.read_predictions``)."""
+    """Per-class rate from weaver's prediction file (``evaluation.metrics.read_predictions``)."""
     names, truth, scores = read_predictions(path)
     guess = scores.argmax(axis=1)
     rate, jets, wrong = {}, {}, {}

@@ -38,7 +38,7 @@ weaver --predict --data-test "$OUT"/data/test/*.root --data-config data/JetClass
     --gpus "" --num-workers 0 --batch-size 256 --predict-output "$PWD/$OUT/part/pred.root"
 
 echo "== 4/5 Metrics (accuracy, AUC, background rejection)"
-python -m profiling.metrics "$OUT/part/pred.root" --out "$OUT/part/metrics.json"
+python -m evaluation.metrics "$OUT/part/pred.root" --out "$OUT/part/metrics.json"
 
 echo "== 5/5 Profiling the trained model against random weights"
 python -m profiling.forward --network-config networks/part.py --data-config data/JetClass/JetClass_kin.yaml \

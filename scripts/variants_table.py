@@ -2,7 +2,7 @@
 
 Every variant is built exactly as weaver builds it: ``networks/transformer.py``'s ``get_model`` with the JetClass
 kin data config and ``-o``-style options. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass
-in eval mode at a fixed input (1 jet, ``--particles`` real particles, synthetic four-vectors).
+in eval mode at a fixed input (1 synthetic jet of ``--particles`` real particles, ``profiling.loading``).
 Training (``--train FILES``): the same jets, split, seed, optimiser and epochs for every variant; reports test
 accuracy and the mean one-vs-rest AUC over the classes present in the files.
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
+
+from profiling import loading
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_CONFIG = REPO_ROOT / "data" / "JetClass" / "JetClass_kin.yaml"
@@ -47,49 +50,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+@lru_cache(maxsize=1)
+def _data_config() -> Any:
+    return loading.load_data_config(DATA_CONFIG)
+
+
 def build(options: dict[str, Any]) -> torch.nn.Module:
     """The weaver model (JetTagger) of networks/transformer.py for the kin data config."""
-    from weaver.utils.dataset import DataConfig
-    from weaver.utils.import_tools import import_module
-
-    network = import_module(str(NETWORK), name="_variants_table_network")
-    data_config = DataConfig.load(str(DATA_CONFIG), load_observers=False)
-    model, _ = network.get_model(data_config, **{**BASE, **options})
+    network = loading.import_network_config(NETWORK, name="_variants_table_network")
+    model, _ = network.get_model(_data_config(), **{**BASE, **options})
     return model
 
 
-def synthetic_jet(particles: int, *, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """(points, features, vectors, mask) of ``batch`` jets with ``particles`` real particles (values irrelevant)."""
-    gen = torch.Generator().manual_seed(seed)
-    p3 = torch.randn(batch, 3, particles, generator=gen) * 10
-    p3[:, 2] += 50
-    vectors = torch.cat((p3, p3.norm(dim=1, keepdim=True)), dim=1)
-    return (torch.randn(batch, 2, particles, generator=gen), torch.randn(batch, 7, particles, generator=gen),
-            vectors, torch.ones(batch, 1, particles))
-
-
 def count(model: torch.nn.Module, particles: int) -> tuple[int, int]:
-    """(parameters, forward FLOPs at ``particles``); eval mode, trimming past its warm-up."""
+    """(parameters, forward FLOPs at ``particles``: 1 synthetic jet, all slots real); eval mode, trimming past its
+    warm-up."""
     model.eval()
-    inputs = synthetic_jet(particles)
+    data_config = _data_config()
+    jet = loading.synthetic_inputs(data_config, batch_size=1, multiplicity=particles, length=particles)
     counter = FlopCounterMode(display=False)
     with counter:
-        model(*inputs)
-    return sum(p.numel() for p in model.parameters()), counter.get_total_flops()
+        model(*(jet[k] for k in data_config.input_names))
+    return loading.count_parameters(model), counter.get_total_flops()
 
 
 def load_jets(files: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """All jets of ``files`` through weaver's own preprocessing (test mode, no shuffling)."""
-    from weaver.utils.dataset import SimpleIterDataset
-
-    dataset = SimpleIterDataset({"": files}, str(DATA_CONFIG), for_training=False, fetch_step=1.0, async_load=False)
-    inputs: dict[str, list[np.ndarray]] = {k: [] for k in dataset.config.input_names}
-    labels = []
-    for X, y, _ in dataset:
-        for k in inputs:
-            inputs[k].append(X[k])
-        labels.append(y[dataset.config.label_names[0]])
-    return {k: torch.as_tensor(np.stack(v)) for k, v in inputs.items()}, torch.as_tensor(np.array(labels))
+    jets = loading.load_real_jets(files, DATA_CONFIG, max_jets=None)
+    return jets.inputs, torch.as_tensor(jets.labels)
 
 
 def train_and_score(options: dict[str, Any], data: dict[str, torch.Tensor], labels: torch.Tensor, *,

@@ -14,7 +14,8 @@ import torch
 
 from weaver_ext.attention import set_attention_backend
 from weaver_ext.backends import BACKENDS, capability_table, check_backend, get_backend
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
 
 FP32_ATOL = 1e-5
 BF16_ATOL = 2e-2
@@ -100,7 +101,7 @@ def test_capability_table_lists_every_backend():
 
 def _tiny_part() -> ParticleTransformer:
     torch.manual_seed(3)
-    cfg = ParTConfig(input_dim=7, num_classes=4, num_layers=2, num_cls_layers=1, embed_dims=(32, 32),
+    cfg = part_config(input_dim=7, num_classes=4, num_layers=2, num_cls_layers=1, embed_dims=(32, 32),
                      pair_embed_dims=(16,), num_heads=4, trim=False)
     return ParticleTransformer(cfg).eval()
 

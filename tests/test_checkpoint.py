@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from weaver_ext.checkpoint import CheckpointError, load_checkpoint
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
 
 
 def _tiny(**changes) -> ParticleTransformer:
     cfg = dict(input_dim=7, num_classes=10, num_layers=1, num_cls_layers=1, embed_dims=(32, 32),
                pair_embed_dims=(16,), num_heads=2)
     cfg.update(changes)
-    return ParticleTransformer(ParTConfig(**cfg))
+    return ParticleTransformer(part_config(**cfg))
 
 
 def test_roundtrip(tmp_path):

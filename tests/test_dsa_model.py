@@ -9,9 +9,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.conftest import JETCLASS_CONFIGS
 from tests.helpers import weaver_batch
 from weaver_ext import dsa
-from weaver_ext.dsa import DSAConfig, DSAParticleTransformer, kept_fraction, keys_per_query, topk_keep_mask
+from weaver_ext.dsa import SparsityConfig, kept_fraction, keys_per_query, topk_keep_mask
+from weaver_ext.dsa import indexer as dsa_indexer
+from weaver_ext.dsa.indexer import blocks_per_query, indexer_scores
 from weaver_ext.losses import AuxLoss
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
 
 TINY = dict(input_dim=7, num_classes=10, embed_dims=(32, 32), pair_embed_dims=(16, 16), num_heads=4, num_layers=2,
             num_cls_layers=1)
@@ -28,14 +31,14 @@ def _jets(n: int = 16, length: int = 24, *, seed: int = 0) -> tuple[torch.Tensor
     return x * mask, v * mask, mask
 
 
-def _model(**opts: object) -> DSAParticleTransformer:
+def _model(**opts: object) -> ParticleTransformer:
     torch.manual_seed(3)
-    return DSAParticleTransformer(DSAConfig(**TINY, **opts))
+    return ParticleTransformer(part_config(**TINY, **opts))
 
 
 def test_disabled_is_exactly_part():
     torch.manual_seed(1)
-    part = ParticleTransformer(ParTConfig(**TINY)).eval()
+    part = ParticleTransformer(part_config(**TINY)).eval()
     dsa = _model(dsa_enabled=False).eval()
     assert list(dsa.state_dict()) == list(part.state_dict())
     dsa.load_state_dict(part.state_dict(), strict=True)
@@ -56,7 +59,7 @@ def test_k_equal_n_reproduces_dense_part(real_jets, mode, keep):
     """Keeping every real key gives dense ParT (same weights) within 1e-5 on real jets."""
     args = real_jets
     torch.manual_seed(1)
-    part = ParticleTransformer(ParTConfig(**TINY, for_inference=True)).eval()
+    part = ParticleTransformer(part_config(**TINY, for_inference=True)).eval()
     opts = {"sparsity_ratio": 1.0} if keep == "ratio" else {"topk": 128}
     dsa = _model(dsa_enabled=True, dsa_mode=mode, for_inference=True, **opts).eval()
     missing, unexpected = dsa.load_state_dict(part.state_dict(), strict=False)
@@ -112,13 +115,12 @@ def test_one_particle_jet_is_finite_with_finite_gradients(mode):
 
 
 def test_schedules():
-    cfg = DSAConfig(**TINY, dsa_enabled=True, sparsity_ratio=0.4, target_sparsity=0.1, sparsity_steps=10,
-                    sparsity_schedule="linear")
+    cfg = SparsityConfig(sparsity_ratio=0.4, target_sparsity=0.1, sparsity_steps=10, sparsity_schedule="linear")
     assert [round(kept_fraction(cfg, s), 6) for s in (0, 5, 10, 20)] == [0.4, 0.25, 0.1, 0.1]
-    cos = DSAConfig(**{**cfg.__dict__, "sparsity_schedule": "cosine"})
+    cos = SparsityConfig(**{**cfg.__dict__, "sparsity_schedule": "cosine"})
     assert kept_fraction(cos, 0) == pytest.approx(0.4) and kept_fraction(cos, 10) == pytest.approx(0.1)
     assert kept_fraction(cos, 5) == pytest.approx(0.25)
-    const = DSAConfig(**{**cfg.__dict__, "sparsity_schedule": "constant"})
+    const = SparsityConfig(**{**cfg.__dict__, "sparsity_schedule": "constant"})
     assert kept_fraction(const, 7) == 0.4
     assert keys_per_query(torch.tensor([1, 8, 100]), ratio=0.5, topk=16).tolist() == [1, 8, 16]
 
@@ -140,8 +142,8 @@ def test_step_counter_is_persistent_and_counts_training_forwards():
 @pytest.mark.parametrize("bad", [{"sparsity_ratio": 0.0}, {"target_sparsity": 1.5}, {"topk": 0},
                                  {"dsa_layers": (5,)}, {"dsa_mode": "indexer", "num_registers": 2}])
 def test_bad_options_fail_with_a_message(bad):
-    with pytest.raises(ValueError, match="DSA option"):
-        DSAConfig(**TINY, dsa_enabled=True, **bad)
+    with pytest.raises(ValueError, match="option"):
+        part_config(**TINY, dsa_enabled=True, **bad)
 
 
 @pytest.mark.parametrize("mode", ["topk", "indexer"])
@@ -155,7 +157,7 @@ def test_regulariser_reaches_the_gradient_through_the_weaver_loss(mode, term):
     entropy_with_indexer = mode == "indexer" and term == "entropy_weight"
     model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, distill_weight=float(entropy_with_indexer),
                    **{term: 1.0}).train()
-    loss_func = AuxLoss(model)
+    loss_func = AuxLoss().bind(model)
     x, v, mask = _jets()
     label = torch.arange(len(x)) % 10
     logits = model(x, v, mask)
@@ -200,10 +202,10 @@ class _LargestTensor(TorchDispatchMode):
 def test_indexer_never_materialises_n_by_n(training, block, monkeypatch):
     """With the indexer's chunk budget below N x N, no op (forward or backward) returns an N x N-sized tensor."""
     n, k = 512, 4
-    monkeypatch.setattr(dsa, "_INDEXER_CHUNK_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(dsa_indexer, "INDEXER_CHUNK_ELEMENTS", 1 << 14)
     model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, sparsity_weight=1.0, trim=False,
                    indexer_block_size=block)
-    two_stage = model.sparse_attentions()[0][1].blocks_per_query(k) * block < n
+    two_stage = blocks_per_query(k, block_size=block, blocks=None) * block < n
     assert two_stage == (block == 16)
     model.train(training)
     x, v, mask = _jets(n=1, length=n)
@@ -227,7 +229,7 @@ def test_bf16_autocast_training_step_is_finite(mode):
     model.train()
     x, v, mask = _jets(n=4, length=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = AuxLoss(model)(model(x, v, mask), torch.arange(4))
+        loss = AuxLoss().bind(model)(model(x, v, mask), torch.arange(4))
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -251,7 +253,7 @@ def test_block_score_bound_is_an_upper_bound_of_every_key_in_the_block():
     block = 16
     kmax, kmin, empty = dsa.block_key_bounds(*dsa.key_blocks(k, pad, block))
     bound = dsa.block_score_bound(q, w, kmax, kmin, empty)  # (B, c, nb)
-    exact = dsa._indexer_scores(q, k, w, pad)  # (B, c, N), -inf on padding
+    exact = indexer_scores(q, k, w, pad)  # (B, c, N), -inf on padding
     nb = bound.size(-1)
     padded = torch.nn.functional.pad(exact, (0, nb * block - exact.size(-1)), value=float("-inf"))
     block_max = padded.view(*exact.shape[:2], nb, block).amax(-1)
@@ -266,18 +268,16 @@ def test_two_stage_selection_is_exact_when_blocks_are_coherent():
     length, block, dim, k_keep = 512, 32, 8, 6
     centres = torch.randn(length // block, dim, generator=g) * 3
     keys = (centres.repeat_interleave(block, 0) + 0.01 * torch.randn(length, dim, generator=g)).unsqueeze(0)
-    attn = dsa.DSAAttention(32, 2, dropout=0.0, mode="indexer", indexer_heads=2, indexer_dim=dim, block_size=block)
-    attn.indexer.k_proj.weight.data.zero_()
+    indexer = dsa.LightningIndexer(32, heads=2, dim=dim)
     x = torch.randn(1, length, 32, generator=g)
     with torch.no_grad():
-        attn.indexer.k_proj.bias.data.zero_()
-        attn._x = x
-        iq, _, iw = attn.indexer.project(x)
+        iq, _, iw = indexer.project(x)
         # feed the clustered keys through the real selection by making k_proj return them
-        attn.indexer.k_proj = _Constant(keys)
-        idx, found, _, _ = attn._select(None, k_keep, collect=False)
-        scores = dsa._indexer_scores(iq, keys, iw, None)  # (1, N, N)
-    assert attn.blocks_per_query(k_keep) * block < length  # the two-stage path ran
+        indexer.k_proj = _Constant(keys)
+        selection = dsa.select_keys(indexer, x, None, k_keep, block_size=block)
+        idx, found = selection.idx, selection.found
+        scores = indexer_scores(iq, keys, iw, None)  # (1, N, N)
+    assert blocks_per_query(k_keep, block_size=block, blocks=None) * block < length  # the two-stage path ran
     assert found.all()
     # compare the scores of the chosen keys (ReLU makes exact ties common, so indices may differ among equals)
     chosen = scores.gather(-1, idx).sort(-1, descending=True).values
@@ -301,7 +301,7 @@ def test_two_stage_and_chunked_inference_agree_with_one_chunk(monkeypatch):
     x, v, mask = _jets(n=3, length=80)
     with torch.no_grad():
         one_chunk = model(x, v, mask)
-        monkeypatch.setattr(dsa, "_INDEXER_CHUNK_ELEMENTS", 700)  # ~5 queries per chunk in both stages
+        monkeypatch.setattr(dsa_indexer, "INDEXER_CHUNK_ELEMENTS", 700)  # ~5 queries per chunk in both stages
         chunked = model(x, v, mask)
     assert torch.isfinite(chunked).all()
     torch.testing.assert_close(chunked, one_chunk, rtol=0, atol=1e-6)

@@ -9,7 +9,8 @@ from torch import nn
 from tests.conftest import JETCLASS_CONFIGS
 from tests.helpers import weaver_batch
 from weaver_ext.fast_inference import FastInferenceConfig, FastParT, _fold_conv_bn, pack_real_first
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
 
 SOFTMAX_TOL = 1e-5
 
@@ -29,7 +30,7 @@ def _randomise_batchnorms(model: nn.Module) -> None:
 @pytest.fixture(scope="module")
 def model_and_batch(jet_files):
     torch.manual_seed(0)
-    model = ParticleTransformer(ParTConfig(input_dim=17, num_classes=10, num_layers=3, for_inference=True)).eval()
+    model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=3, for_inference=True)).eval()
     _randomise_batchnorms(model)
     batch = weaver_batch(jet_files, JETCLASS_CONFIGS / "JetClass_full.yaml", max_jets=400)
     perm = torch.randperm(len(batch["_label_"]), generator=torch.Generator().manual_seed(1))[:96]
@@ -55,7 +56,7 @@ def test_fast_path_matches_standard_forward(model_and_batch, cfg):
 
 def test_option_routes_eval_forward_through_fast_path(model_and_batch):
     model, b = model_and_batch
-    fast_model = ParticleTransformer(ParTConfig(input_dim=17, num_classes=10, num_layers=3, for_inference=True,
+    fast_model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=3, for_inference=True,
                                                 inference_path="bucketed")).eval()
     fast_model.load_state_dict(model.state_dict())
     args = (b["pf_features"], b["pf_vectors"], b["pf_mask"])
@@ -110,7 +111,7 @@ def test_folded_pair_bias_matches_weaver_pair_embed(jet_files):
     from weaver_ext.fast_inference import FoldedPairEmbed
 
     torch.manual_seed(4)
-    model = ParticleTransformer(ParTConfig(input_dim=17, num_classes=10, num_layers=1)).eval()
+    model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=1)).eval()
     _randomise_batchnorms(model)
     b = weaver_batch(jet_files, JETCLASS_CONFIGS / "JetClass_full.yaml", max_jets=400)
     keep = int(b["pf_mask"].sum(dim=(1, 2)).max())

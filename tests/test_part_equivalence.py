@@ -19,7 +19,8 @@ from profiling.loading import build_model, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from tests.helpers import weaver_batch
 from weaver_ext.attention import set_attention_backend
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
 
 # max |difference of softmax|. Both sides run the same fp32 ops in the same order except the attention core
 # (weaver-core: nn.MultiheadAttention; ours: SDPA or the math backend), whose summation order differs; measured
@@ -42,7 +43,7 @@ def _pair(input_dim: int, *, for_inference: bool) -> tuple[torch.nn.Module, Part
     """weaver-core's class defaults against ours with ``use_pre_activation_pair=True``."""
     torch.manual_seed(7)
     reference = WeaverParT(input_dim=input_dim, num_classes=10, fc_params=[], version=1, for_inference=for_inference)
-    ours = ParticleTransformer(ParTConfig(input_dim=input_dim, num_classes=10, for_inference=for_inference,
+    ours = ParticleTransformer(part_config(input_dim=input_dim, num_classes=10, for_inference=for_inference,
                                           use_pre_activation_pair=True))
     ours.load_state_dict(reference.state_dict(), strict=True)
     return reference.eval(), ours.eval()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from weaver.utils.dataset import DataConfig
-from weaver.utils.import_tools import import_module
 
+from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
+from tests.helpers import discover_networks, network_family
 from weaver_ext.config import OptionError
 
 TINY = dict(num_layers=1, num_cls_layers=1, embed_dims=[32, 32], pair_embed_dims=[16], num_heads=2)
@@ -15,12 +16,12 @@ TINY = dict(num_layers=1, num_cls_layers=1, embed_dims=[32, 32], pair_embed_dims
 
 @pytest.fixture(scope="module")
 def network():
-    return import_module(str(REPO_ROOT / "networks" / "part.py"), name="_test_part_network")
+    return import_network_config(REPO_ROOT / "networks" / "part.py", name="_test_part_network")
 
 
 @pytest.fixture(scope="module")
 def data_config():
-    return DataConfig.load(str(JETCLASS_CONFIGS / "JetClass_full.yaml"), load_observers=False)
+    return load_data_config(JETCLASS_CONFIGS / "JetClass_full.yaml")
 
 
 def test_get_model_accepts_weaver_injected_kwargs(network, data_config):
@@ -34,7 +35,7 @@ def test_get_model_accepts_weaver_injected_kwargs(network, data_config):
         out = model.eval()(*inputs)
     assert out.shape == (3, 10)
     assert torch.allclose(out.sum(1), torch.ones(3))
-    assert model.mod.cfg.num_layers == 1 and model.mod.cfg.embed_dims == (32, 32)
+    assert model.mod.cfg.blocks.num_layers == 1 and model.mod.cfg.embedding.embed_dims == (32, 32)
 
 
 def test_every_config_field_is_an_option(network, data_config):
@@ -73,20 +74,21 @@ def test_unknown_attention_backend(network, data_config):
 def test_wrong_data_config_is_rejected(network, tmp_path):
     text = (JETCLASS_CONFIGS / "JetClass_kin.yaml").read_text().replace("pf_vectors:", "pf_lorentz:")
     (tmp_path / "bad.yaml").write_text(text)
-    bad = DataConfig.load(str(tmp_path / "bad.yaml"), load_observers=False)
+    bad = load_data_config(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match=r"data config inputs are .*pf_lorentz.*this network needs"):
         network.get_model(bad)
 
 
 JC2_CONFIG = REPO_ROOT.parent / "shared" / "reference" / "jetclass2" / "JetClassII_full.yaml"
-CLASSIFIERS = ["part.py", "dsa_part.py", "diff_part.py", "transformer.py", "particlenet.py"]
+# every jet classifier in networks/ (the hit regression model has no classes)
+CLASSIFIERS = [n for n in discover_networks() if network_family(REPO_ROOT / "networks" / n) != "tracks"]
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_num_classes_option(name, data_config):
     """-o num_classes: required for custom labels (JetClass-II), checked against simple labels."""
-    net = import_module(str(REPO_ROOT / "networks" / name), name=f"_test_nc_{name[:-3]}")
-    small = {} if name == "particlenet.py" else TINY
+    net = import_network_config(REPO_ROOT / "networks" / name, name=f"_test_nc_{name[:-3]}")
+    small = {} if network_family(REPO_ROOT / "networks" / name) != "part" else TINY
     custom = DataConfig.load(str(JC2_CONFIG), load_observers=False, load_reweight_info=False)
     model, _ = net.get_model(custom, num_classes=188, for_inference=True, **small)
     inputs = [torch.rand(2, len(custom.input_dicts[k]), 20) for k in custom.input_names]

@@ -60,7 +60,7 @@ def test_bad_weights_name_the_first_bad_key(tmp_path: Path) -> None:
 
 def test_particlenet_network_config_options() -> None:
     dc = loading.load_data_config(CONFIGS / "JetClass_kin.yaml")
-    with pytest.raises(ValueError, match="unknown ParticleNet option.*'bogus'.*valid options: conv_params"):
+    with pytest.raises(ValueError, match="particlenet.py: unknown option 'bogus'; valid options are: conv_params"):
         loading.build_model(PARTICLENET, dc, options={"bogus": 1})
     model, info = loading.build_model(PARTICLENET, dc, options={"conv_params": [(4, (8, 8))], "use_fusion": True})
     assert info["input_names"] == ["pf_points", "pf_features", "pf_vectors", "pf_mask"]
@@ -91,6 +91,43 @@ def test_synthetic_inputs_are_physical() -> None:
     assert x["pf_features"].abs().max() <= 5.0
     fixed = loading.synthetic_inputs(dc, batch_size=2, multiplicity=16, length=16)
     assert fixed["pf_mask"].shape == (2, 1, 16) and bool(fixed["pf_mask"].all())
+
+
+def test_synthetic_hits_follow_the_tracks_layout() -> None:
+    tracks = loading.load_data_config(REPO / "data" / "Tracks" / "tracks.yaml")
+    x = loading.synthetic_hits(batch_size=5, length=32, hits=(16, 32), seed=2)
+    assert list(x) == list(tracks.input_names)
+    assert x["hit_points"].shape == (5, 4, 32) and x["hit_features"].shape == (5, 5, 32)
+    n_real = x["hit_mask"].sum(dim=(1, 2))
+    assert ((n_real >= 16) & (n_real <= 32)).all()
+    padded = x["hit_mask"] == 0
+    assert (x["hit_points"].masked_select(padded) == 0).all() and (x["hit_features"].masked_select(padded) == 0).all()
+    real = x["hit_points"][:, :3].norm(dim=1)[x["hit_mask"][:, 0] > 0]
+    assert torch.allclose(real, torch.full_like(real, 1.1))  # PMTs on the sphere, in units of R
+    assert bool(loading.synthetic_hits(batch_size=1, length=8)["hit_mask"].all())  # default: every slot real
+    assert torch.equal(x["hit_features"], loading.synthetic_hits(batch_size=5, length=32, hits=(16, 32),
+                                                                 seed=2)["hit_features"])
+    with pytest.raises(ValueError, match="hits per event"):
+        loading.synthetic_hits(batch_size=1, length=8, hits=9)
+
+
+def test_import_network_config_errors(tmp_path: Path) -> None:
+    assert hasattr(loading.import_network_config(PARTICLENET), "get_loss")
+    with pytest.raises(FileNotFoundError, match="network config not found"):
+        loading.import_network_config(tmp_path / "missing.py")
+    (tmp_path / "no_model.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="has no get_model"):
+        loading.import_network_config(tmp_path / "no_model.py")
+
+
+def test_data_config_errors_are_one_config_error(tmp_path: Path) -> None:
+    from data.check import ConfigError
+
+    with pytest.raises(ConfigError, match="not found"):
+        loading.load_data_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="YAML mapping"):
+        loading.load_data_config(tmp_path / "list.yaml")
 
 
 def test_real_inputs_through_weavers_dataset(jet_files: list[Path]) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import uproot
 
-from profiling import compare, metrics
+from evaluation import metrics
+from profiling import compare
 
 CLASSES = ["QCD", "Hbb", "Tbqq"]
 # (truth, [score_QCD, score_Hbb, score_Tbqq]); QCD/Hbb jets have score_QCD + score_Hbb = 0.9, so the Hbb-vs-QCD

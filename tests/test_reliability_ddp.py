@@ -10,10 +10,15 @@ conversion and one case shows the CPU error (see docs/reliability.md).
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from weaver_ext.ddp_check import DDPCase, DDPResult, run_ddp_check
+from profiling import loading
+from tests.ddp_check import DDPCase, DDPResult, run_ddp_check
+from tests.helpers import discover_networks, family_setup
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 KIN = "data/JetClass/JetClass_kin.yaml"
 TRACKS = "data/Tracks/tracks.yaml"
@@ -21,8 +26,16 @@ TINY = {"num_layers": 2, "num_cls_layers": 1, "embed_dims": (16, 16), "pair_embe
 TINY_TRACK = {"embed_dims": (16, 16), "pair_embed_dims": (8,), "num_heads": 2, "num_layers": 1, "num_cls_layers": 1,
               "max_hits": 24}
 
+# every network config in networks/ with its family's small options (found by listing the folder), every attention
+# kind through networks/part.py, then the option combinations that once broke DDP
+DISCOVERED = [DDPCase(network[:-3], f"networks/{network}", str(family_setup(network)[1].relative_to(REPO_ROOT)),
+                      family_setup(network)[2], inputs="tracks" if family_setup(network)[0] == "tracks" else "jets")
+              for network in discover_networks()]
+KINDS = [DDPCase(f"part_{kind}", "networks/part.py", KIN, {**TINY, "attention": kind, "sparsity_ratio": 0.5})
+         for kind in ("differential", "dsa_topk", "dsa_indexer")]
 CASES = [
-    DDPCase("part", "networks/part.py", KIN, TINY),
+    *DISCOVERED,
+    *KINDS,
     DDPCase("dsa_topk", "networks/dsa_part.py", KIN,
             {**TINY, "dsa_enabled": True, "dsa_mode": "topk", "sparsity_ratio": 0.25}),
     DDPCase("dsa_indexer", "networks/dsa_part.py", KIN,
@@ -31,15 +44,15 @@ CASES = [
     DDPCase("dsa_indexer_sparsity_only", "networks/dsa_part.py", KIN,
             {**TINY, "dsa_enabled": True, "dsa_mode": "indexer", "sparsity_ratio": 0.5, "distill_weight": 0.0,
              "sparsity_weight": 1.0}),
-    DDPCase("diff_part", "networks/diff_part.py", KIN, TINY),
+    DDPCase("dsa_differential_maps", "networks/dsa_part.py", KIN,
+            {**TINY, "dsa_mode": "indexer", "dsa_maps": "differential", "sparsity_ratio": 0.5}),
     DDPCase("transformer_refinements", "networks/transformer.py", KIN,
             {**TINY, "value_residual": True, "num_registers": 2, "latent_tokens": 4}),
     DDPCase("transformer_differential", "networks/transformer.py", KIN,
             {**TINY, "attention": "differential", "attn_knn": 4, "head": "latent", "head_queries": 2}),
     DDPCase("transformer_no_pair_bias", "networks/transformer.py", KIN, {**TINY, "pair_bias": False}),
-    DDPCase("particlenet", "networks/particlenet.py", KIN,
+    DDPCase("particlenet_two_blocks", "networks/particlenet.py", KIN,
             {"conv_params": [(4, (16, 16)), (4, (16, 16))], "fc_params": [(16, 0.1)]}),
-    DDPCase("track_transformer", "networks/track_transformer.py", TRACKS, TINY_TRACK, inputs="tracks"),
     DDPCase("track_transformer_dsa_latent", "networks/track_transformer.py", TRACKS,
             {**TINY_TRACK, "attention": "dsa", "topk": 8, "latent_tokens": 4, "latent_layers": 1}, inputs="tracks"),
     DDPCase("part_syncbn", "networks/part.py", KIN, TINY, sync_batchnorm=True),
@@ -113,8 +126,8 @@ def test_world_size_one_is_refused():
 
 def test_indexer_without_any_aux_term_is_rejected():
     """No distillation and no sparsity term: the indexer would get no gradient (never trains, breaks DDP)."""
-    from weaver_ext.dsa import DSAConfig
-
+    network = loading.import_network_config(REPO_ROOT / "networks" / "dsa_part.py", name="_ddp_test_dsa_network")
+    data_config = loading.load_data_config(REPO_ROOT / KIN)
     with pytest.raises(ValueError, match="indexer gets no gradient"):
-        DSAConfig(input_dim=7, num_classes=10, dsa_enabled=True, dsa_mode="indexer", distill_weight=0.0,
-                  sparsity_weight=0.0)
+        network.get_model(data_config, **TINY, dsa_enabled=True, dsa_mode="indexer", distill_weight=0.0,
+                          sparsity_weight=0.0)

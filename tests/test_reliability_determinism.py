@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 from weaver.nn.model.ParticleTransformer import SequenceTrimmer
-from weaver.utils.dataset import DataConfig, SimpleIterDataset
-from weaver.utils.import_tools import import_module
+from weaver.utils.dataset import SimpleIterDataset
 
+from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
+from tests.helpers import discover_networks, family_setup
 from weaver_ext import reproducibility as rep
 from weaver_ext.weaver_hooks import make_evaluate_fn
 
 DATA_CONFIG = JETCLASS_CONFIGS / "JetClass_kin.yaml"
-TINY = {"num_layers": 1, "num_cls_layers": 1, "embed_dims": (16, 16), "pair_embed_dims": (8,), "num_heads": 2}
 
 
 @pytest.fixture(autouse=True)
@@ -72,34 +72,21 @@ def test_seed_option_is_removed_before_option_parsing_and_validated():
         rep.apply_seed_option({"seed": "abc"})
 
 
-@pytest.mark.parametrize("network", ["part.py", "dsa_part.py", "diff_part.py", "transformer.py"])
+@pytest.mark.parametrize("network", discover_networks())
 def test_seeded_get_model_gives_identical_initial_weights(network):
-    module = import_module(str(REPO_ROOT / "networks" / network), name=f"_det_{network[:-3]}")
-    data_config = DataConfig.load(str(DATA_CONFIG), load_observers=False)
+    _, data_config_path, tiny = family_setup(network)
+    module = import_network_config(REPO_ROOT / "networks" / network, name=f"_det_{network[:-3]}")
+    data_config = load_data_config(data_config_path)
     torch.manual_seed(0)
-    a = module.get_model(data_config, seed=11, **TINY)[0].state_dict()
-    b = module.get_model(data_config, seed=11, **TINY)[0].state_dict()  # global RNG state differs now
-    c = module.get_model(data_config, seed=12, **TINY)[0].state_dict()
+    a = module.get_model(data_config, seed=11, **tiny)[0].state_dict()
+    b = module.get_model(data_config, seed=11, **tiny)[0].state_dict()  # global RNG state differs now
+    c = module.get_model(data_config, seed=12, **tiny)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
-    assert module.get_train_fn(data_config, seed=11, **TINY) is not None
-    module.get_loss(data_config, seed=11, **TINY)
-
-
-def test_particlenet_and_track_configs_accept_seed():
-    pn = import_module(str(REPO_ROOT / "networks" / "particlenet.py"), name="_det_particlenet")
-    data_config = DataConfig.load(str(DATA_CONFIG), load_observers=False)
-    opts = {"conv_params": [(4, (8, 8))], "fc_params": [(8, 0.1)], "seed": 5}
-    a, b = (pn.get_model(data_config, **opts)[0].state_dict() for _ in range(2))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    pn.get_loss(data_config, **opts)
-    with pytest.raises(ValueError, match="unknown ParticleNet option"):
-        pn.get_model(data_config, seed=5, nosuch=1)
-    tracks = import_module(str(REPO_ROOT / "networks" / "track_transformer.py"), name="_det_tracks")
-    track_config = DataConfig.load(str(REPO_ROOT / "data" / "Tracks" / "tracks.yaml"), load_observers=False)
-    a, b = (tracks.get_model(track_config, seed=5)[0].state_dict() for _ in range(2))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    tracks.get_loss(track_config, seed=5)
+    assert module.get_train_fn(data_config, seed=11, **tiny) is not None
+    module.get_loss(data_config, seed=11, **tiny)
+    with pytest.raises(ValueError, match="unknown option 'nosuch'"):
+        module.get_model(data_config, seed=5, nosuch=1)
 
 
 def test_evaluate_hook_without_seed_is_weavers_own_function():

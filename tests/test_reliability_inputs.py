@@ -16,10 +16,8 @@ import pytest
 import torch
 import uproot
 import yaml
-from weaver.utils.dataset import DataConfig
-from weaver.utils.import_tools import import_module
 
-from profiling.loading import load_real_jets, synthetic_inputs
+from profiling.loading import import_network_config, load_data_config, load_real_jets, synthetic_inputs
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from weaver_ext.checkpoint import CheckpointError, load_checkpoint
 from weaver_ext.config import OptionError
@@ -33,11 +31,11 @@ WARM_CALLS = 7  # weaver's SequenceTrimmer starts trimming after 5 calls: test t
 
 @pytest.fixture(scope="module")
 def kin_config():
-    return DataConfig.load(str(KIN), load_observers=False)
+    return load_data_config(KIN)
 
 
 def _network(name: str):
-    return import_module(str(REPO_ROOT / "networks" / f"{name}.py"), name=f"_reliability_{name}")
+    return import_network_config(REPO_ROOT / "networks" / f"{name}.py", name=f"_reliability_{name}")
 
 
 def _model(name: str, data_config, options: dict) -> torch.nn.Module:
@@ -266,13 +264,13 @@ def test_wrong_option_type_is_an_option_error(kin_config, key, value, expected):
 
 
 def test_particlenet_unknown_option_lists_valid_ones(kin_config):
-    with pytest.raises(ValueError, match="unknown ParticleNet option.*valid options: conv_params"):
+    with pytest.raises(ValueError, match="particlenet.py: unknown option .*; valid options are: conv_params"):
         _network("particlenet").get_model(kin_config, foo=1)
 
 
 @pytest.mark.parametrize("name", ["part", "dsa_part", "diff_part", "transformer"])
 def test_wrong_data_config_inputs_is_a_value_error(name):
-    tracks = DataConfig.load(str(REPO_ROOT / "data" / "Tracks" / "tracks.yaml"), load_observers=False)
+    tracks = load_data_config(REPO_ROOT / "data" / "Tracks" / "tracks.yaml")
     with pytest.raises(ValueError, match=r"data config inputs are \['hit_points'.*this network needs \['pf_points'"):
         _network(name).get_model(tracks)
 

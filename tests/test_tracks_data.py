@@ -10,8 +10,8 @@ import uproot
 
 from data.generate_tracks import HIT_BRANCHES, TARGET_BRANCHES, generate_tracks
 from data.tracks_detector import DetectorConfig, expected_pe, fibonacci_sphere
-from profiling.regression_metrics import track_metrics
-from profiling.track_baseline import evaluate_baseline, fit_file
+from evaluation.regression_metrics import track_metrics
+from evaluation.track_baseline import evaluate_baseline, fit_file
 
 SEED = 2024
 N_EVENTS = 40

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import uproot
 
-from profiling.regression_metrics import angle_deg, load_predictions, main, track_metrics
+from evaluation.regression_metrics import angle_deg, load_predictions, main, track_metrics
 
 
 def _random_tracks(n: int, seed: int = 0) -> np.ndarray:

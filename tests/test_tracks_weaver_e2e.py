@@ -11,7 +11,7 @@ import numpy as np
 import uproot
 
 from data.generate_tracks import generate_tracks
-from profiling.regression_metrics import main as metrics_main
+from evaluation.regression_metrics import main as metrics_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEAVER = str(Path(sys.executable).with_name("weaver"))

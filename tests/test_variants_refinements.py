@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from weaver.utils.dataset import DataConfig
-from weaver.utils.import_tools import import_module
 
+from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from tests.helpers import weaver_batch
 from weaver_ext.config import OptionError
-from weaver_ext.part import ParTConfig, ParticleTransformer
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
 from weaver_ext.positional import eta_phi, local_attention_mask, pt_rank, sinusoidal
-from weaver_ext.transformer import ConfigurableTransformer, TransformerConfig
 
 ATOL = 1e-5  # fp32
 TINY = dict(input_dim=7, num_classes=3, num_layers=2, num_cls_layers=1, embed_dims=(32, 32), pair_embed_dims=(16,),
@@ -31,9 +30,9 @@ def _jets(batch: int = 4, length: int = 16, seed: int = 2):
     return torch.randn(batch, 7, length, generator=gen) * mask, v, mask
 
 
-def _model(cls=ParticleTransformer, cfg_cls=ParTConfig, seed: int = 0, **options):
+def _model(seed: int = 0, **options):
     torch.manual_seed(seed)
-    return cls(cfg_cls(**{**TINY, **options}))
+    return ParticleTransformer(part_config(**{**TINY, **options}))
 
 
 def _same_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:
@@ -52,7 +51,7 @@ OPTIONS = [
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
 def test_no_parameter_is_left_unused_in_a_training_step(options):
     """weaver trains with DDP find_unused_parameters=False: every parameter must get a gradient."""
-    model = _model(ConfigurableTransformer, TransformerConfig, **options).train()
+    model = _model(**options).train()
     out = model(*_jets())
     assert out.shape == (4, 3) and torch.isfinite(out).all()
     out.sum().backward()
@@ -79,7 +78,9 @@ def test_registers_get_zero_pair_bias_and_are_not_pooled():
     model.blocks[0].register_forward_pre_hook(lambda m, a, kw: seen.update(kw) or None, with_kwargs=True)
     x, v, mask = _jets()
     with torch.no_grad():
-        tokens, padding_mask, bias = model.encode(x, v, mask)
+        encoded = model.encode(x, v, mask)
+        tokens, padding_mask = encoded.tokens, encoded.padding_mask
+        bias = model.pair_bias(v, None, mask)
         model(x, v, mask)
     assert tokens.shape == (4, 16, 32) and padding_mask.shape == (4, 16)  # registers stripped before pooling
     block_bias, block_pad = seen["bias"], seen["padding_mask"]
@@ -154,7 +155,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     x, v, mask = _jets()
     grads = []
     for checkpointing in (False, True):
-        model = _model(ConfigurableTransformer, TransformerConfig, grad_checkpoint=checkpointing, value_residual=True,
+        model = _model(grad_checkpoint=checkpointing, value_residual=True,
                        num_registers=2, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0).train()
         model(x, v, mask).pow(2).sum().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
@@ -179,8 +180,8 @@ def test_latent_encoder_cost_is_linear_in_particles():
     ratio_latent = _flops(latent, 256) / _flops(latent, 128)
     ratio_part = _flops(part, 256) / _flops(part, 128)
     assert ratio_latent < 2.05 < 2.5 < ratio_part
-    tokens, padding_mask, bias = latent.encode(*_jets())
-    assert tokens.shape == (4, 4, 32) and not padding_mask.any() and bias is None
+    encoded = latent.encode(*_jets())
+    assert encoded.tokens.shape == (4, 4, 32) and not encoded.padding_mask.any()
 
 
 def test_latent_head_replaces_class_attention():
@@ -191,8 +192,8 @@ def test_latent_head_replaces_class_attention():
 
 
 def test_transformer_network_config_options_and_errors():
-    network = import_module(str(REPO_ROOT / "networks" / "transformer.py"), name="_test_transformer_network")
-    data_config = DataConfig.load(str(JETCLASS_CONFIGS / "JetClass_kin.yaml"), load_observers=False)
+    network = import_network_config(REPO_ROOT / "networks" / "transformer.py", name="_test_transformer_network")
+    data_config = load_data_config(JETCLASS_CONFIGS / "JetClass_kin.yaml")
     tiny = dict(num_layers=2, num_cls_layers=1, embed_dims=[32, 32], pair_embed_dims=[16], num_heads=4)
     model, _ = network.get_model(data_config, attention="differential", value_residual=True, num_registers=2,
                                  attn_knn=8, pos_encoding="fourier", grad_checkpoint=True, head="latent", **tiny)

@@ -15,6 +15,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "BACKENDS",
+    "BackendInfo",
+    "capability_table",
+    "check_backend",
+    "flash_attention_core",
+    "flex_attention_core",
+    "get_backend",
+    "math_attention",
+    "merge_bias_and_mask",
+    "register_backend",
+    "sdpa_attention",
+]
+
 Tensor = torch.Tensor
 AttentionCore = Callable[..., Tensor]
 

@@ -8,6 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .attention import upgrade_legacy_keys
+
+__all__ = ["CheckpointError", "check_state_dict", "load_checkpoint", "read_state_dict"]
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be loaded into the given model."""
@@ -29,8 +33,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
-    """Raise ``CheckpointError`` naming the first missing, unexpected or wrongly shaped key."""
+    """Raise ``CheckpointError`` naming the first missing, unexpected or wrongly shaped key.
+
+    Keys written before the attention registry (``attn.lambda_q1``, ``attn.indexer.*``) count under their current
+    names, as ``load_state_dict`` moves them (``attention.legacy_core_keys``).
+    """
     expected = model.state_dict()
+    state = upgrade_legacy_keys(model, dict(state))
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing:

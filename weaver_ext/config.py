@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union
 
+__all__ = ["OptionError", "config_with", "flat_options", "from_options", "option_fields", "option_names"]
+
 T = TypeVar("T")
 
 
@@ -72,28 +74,90 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return isinstance(value, tp), value
 
 
-def option_names(cls: type) -> list[str]:
-    """The option names a config dataclass accepts, in declaration order."""
-    return [f.name for f in dataclasses.fields(cls) if f.init]
+def _is_group(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def from_options(cls: type[T], options: dict[str, Any], *, where: str, **fixed: Any) -> T:
-    """Build the dataclass ``cls`` from weaver options; ``fixed`` are values derived from the data config.
+def option_fields(cls: type) -> dict[str, tuple[str | None, type]]:
+    """Every flat option name of a config: ``name -> (group field or None, dataclass that declares it)``.
 
-    ``where`` names the network config in error messages (e.g. ``networks/part.py``).
+    A config is a frozen dataclass whose fields are either options or *groups* (dataclass-typed fields, themselves
+    configs). weaver's ``-o`` options are flat, so option names are unique across the groups of a config.
     """
     hints = typing.get_type_hints(cls)
-    valid = option_names(cls)
+    out: dict[str, tuple[str | None, type]] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if _is_group(hints[f.name]):
+            for name, (_, declared_by) in option_fields(hints[f.name]).items():
+                if name in out:
+                    raise TypeError(f"{cls.__name__}: option {name!r} is declared by two groups")
+                out[name] = (f.name, declared_by)
+        else:
+            out[f.name] = (None, cls)
+    return out
+
+
+def option_names(cls: type) -> list[str]:
+    """The flat option names a config dataclass accepts, in declaration order."""
+    return list(option_fields(cls))
+
+
+def _compose(cls: type[T], values: dict[str, Any]) -> T:
+    """Build ``cls`` from flat ``values``: each group gets its own options, defaults fill the rest."""
+    hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
-    for key, value in options.items():
-        if key not in valid or key in fixed:
-            settable = ", ".join(k for k in valid if k not in fixed)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if _is_group(hints[f.name]):
+            names = option_fields(hints[f.name])
+            kwargs[f.name] = _compose(hints[f.name], {k: v for k, v in values.items() if k in names})
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def from_options(cls: type[T], options: dict[str, Any], *, where: str, defaults: dict[str, Any] | None = None,
+                 **fixed: Any) -> T:
+    """Build the config ``cls`` from weaver options; ``fixed`` are values derived from the data config.
+
+    ``defaults`` are a preset's own defaults (e.g. smaller models for detector hits), overridden by ``options``.
+    ``where`` names the network config in error messages (e.g. ``networks/part.py``).
+    """
+    fields = option_fields(cls)
+    settable = ", ".join(k for k in fields if k not in fixed)
+    kwargs: dict[str, Any] = {}
+    for key, value in {**(defaults or {}), **options}.items():
+        if key not in fields or key in fixed:
             raise OptionError(f"{where}: unknown option {key!r}; valid options are: {settable}")
-        ok, converted = _coerce(value, hints[key])
+        tp = typing.get_type_hints(fields[key][1])[key]
+        ok, converted = _coerce(value, tp)
         if not ok:
-            raise OptionError(
-                f"{where}: option {key!r} expects {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
-            )
+            raise OptionError(f"{where}: option {key!r} expects {_type_name(tp)}, "
+                              f"got {value!r} ({type(value).__name__})")
         kwargs[key] = converted
     kwargs.update(fixed)
-    return cls(**kwargs)
+    return _compose(cls, kwargs)
+
+
+def flat_options(cfg: Any) -> dict[str, Any]:
+    """The flat option values of a (composed) config, the inverse of ``from_options``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.update(flat_options(value))
+        elif f.init:
+            out[f.name] = value
+    return out
+
+
+def config_with(cfg: T, **changes: Any) -> T:
+    """A copy of a (frozen, composed) config with some flat options changed."""
+    fields = option_fields(type(cfg))
+    unknown = [k for k in changes if k not in fields]
+    if unknown:
+        raise OptionError(f"{type(cfg).__name__}: unknown option {unknown[0]!r}")
+    return _compose(type(cfg), {**flat_options(cfg), **changes})

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+__all__ = ["FastInferenceConfig", "FastParT", "FoldedPairEmbed", "can_fold", "length_buckets", "pack_real_first"]
+
 Tensor = torch.Tensor
 
 
@@ -154,8 +156,8 @@ class FastParT(nn.Module):
         else:
             bias = model.pair_bias(v, None, mask)
             bias = None if bias is None else bias.to(self.dtype)
-        tokens, padding_mask, _ = model.encode_trimmed(x.to(self.dtype), v, mask, bias)
-        pooled = model.pool(tokens, padding_mask)
+        encoded = model.encode_trimmed(x.to(self.dtype), v, mask, bias)
+        pooled = model.pool(encoded.tokens, encoded.padding_mask)
         return model.fc(pooled) if model.fc is not None else pooled
 
     @torch.inference_mode()
@@ -170,6 +172,6 @@ class FastParT(nn.Module):
             if outputs is None:
                 outputs = out.new_empty((x.size(0), *out.shape[1:]))
             outputs[idx] = out
-        if self.model.for_inference and self.model.cfg.task == "classification" and self.model.fc is not None:
+        if self.model.for_inference and self.model.cfg.head.task == "classification" and self.model.fc is not None:
             outputs = torch.softmax(outputs, dim=1)
         return outputs

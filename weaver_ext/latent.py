@@ -14,6 +14,8 @@ from torch import nn
 
 from .blocks import Block, BlockConfig
 
+__all__ = ["LatentCrossAttention", "LatentSelfAttention"]
+
 Tensor = torch.Tensor
 
 

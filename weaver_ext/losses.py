@@ -1,35 +1,48 @@
 """Losses for weaver: the task loss plus a model's auxiliary terms (DSA regularisers and indexer distillation).
 
-weaver calls ``loss_func(logits, label)`` only, so the auxiliary terms cannot be passed as arguments. Models that
-have them (``DSAParticleTransformer``) store the weighted sum on each training forward; ``AuxLoss`` holds a
-reference to that model (bound in the network config's ``get_loss``) and adds the stored term once.
+weaver calls ``loss_func(logits, label)`` only, so the auxiliary terms cannot be passed as arguments. A model with
+sparse attention publishes the weighted sum of each training forward on its ``AuxChannel``; ``AuxLoss`` is bound to
+that channel explicitly (``bind``, called by the training hook with the model weaver trains) and adds the term once.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Protocol
 
 import torch
 from torch import nn
 
+from .dsa.statistics import AuxChannel
+
+__all__ = ["AuxLoss", "find_aux_channel"]
+
 Tensor = torch.Tensor
 
 
-class AuxSource(Protocol):
-    def pop_aux_loss(self) -> Tensor | None: ...
+def find_aux_channel(model: nn.Module) -> tuple[nn.Module, AuxChannel] | None:
+    """(owning module, channel) of the model inside weaver's wrappers (DataParallel, DDP, torch.compile, JetTagger)."""
+    for module in model.modules():
+        channel = getattr(module, "aux_channel", None)
+        if isinstance(channel, AuxChannel):
+            return module, channel
+    return None
 
 
 class AuxLoss(nn.Module):
-    """``base(logits, target) + model.pop_aux_loss()``; keeps training-time running sums of both for the epoch log."""
+    """``base(logits, target)`` plus the bound model's auxiliary loss; keeps training-time running sums of both for
+    the epoch log. Unbound (``--predict``, or a model without a channel) it is ``base``."""
 
-    def __init__(self, source: AuxSource, *, base: nn.Module | None = None) -> None:
+    def __init__(self, base: nn.Module | None = None) -> None:
         super().__init__()
-        if not hasattr(source, "pop_aux_loss"):
-            raise TypeError(f"AuxLoss: {type(source).__name__} has no pop_aux_loss(); it cannot supply aux terms")
         self.base = base if base is not None else nn.CrossEntropyLoss()
-        self._source = weakref.ref(source)  # not a submodule: the loss must not own or re-register the model
+        self._owner: weakref.ref | None = None  # not a submodule: the loss must not own or re-register the model
         self.reset_running()
+
+    def bind(self, model: nn.Module) -> AuxLoss:
+        """Connect to the aux channel of ``model`` (weaver's model, wrappers included); a no-op without one."""
+        found = find_aux_channel(model)
+        self._owner = None if found is None else weakref.ref(found[0])
+        return self
 
     def reset_running(self) -> None:
         """Clear the running sums of the task and auxiliary losses."""
@@ -37,9 +50,11 @@ class AuxLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         loss = self.base(logits, target)
-        source = self._source()
-        aux = source.pop_aux_loss() if source is not None else None
-        if source is None or not getattr(source, "training", False):
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            return loss
+        aux = owner.aux_channel.pop_loss()
+        if not owner.training:
             return loss if aux is None else loss + aux.to(loss.dtype)  # evaluation: not in the training means
         self.running["task"] += float(loss.detach())
         self.running["steps"] += 1
@@ -50,5 +65,5 @@ class AuxLoss(nn.Module):
         return loss + aux.to(loss.dtype)
 
     def extra_repr(self) -> str:
-        source = self._source()
-        return f"base={self.base.__class__.__name__}, source={type(source).__name__ if source else None}"
+        owner = self._owner() if self._owner is not None else None
+        return f"base={self.base.__class__.__name__}, bound={type(owner).__name__ if owner else None}"

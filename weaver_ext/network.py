@@ -13,7 +13,11 @@ import torch
 from torch import nn
 
 from .config import OptionError, from_options
-from .part import ParTConfig, ParticleTransformer, masked_vector_like
+from .part import ParticleTransformer, masked_vector_like
+from .part_config import ParTConfig, upgrade_options
+
+__all__ = ["JET_INPUTS", "TAGGER_OPTIONS", "CountsNonFinite", "JetTagger", "NonFiniteMask", "build_part_tagger",
+           "check_inputs", "check_jet_inputs", "jet_model_info", "nonfinite_mask", "resolve_num_classes"]
 
 Tensor = torch.Tensor
 
@@ -115,13 +119,19 @@ class JetTagger(CountsNonFinite, nn.Module):
         return self.mod(features, v=lorentz_vectors, mask=mask)
 
 
+def check_inputs(data_config: Any, expected: tuple[str, ...], *, vectors: tuple[str, str], where: str) -> None:
+    """Fail with one line when the data config's inputs are not ``expected`` or the four-vector input ``vectors[0]``
+    does not hold 4 variables (``vectors[1]`` names them)."""
+    names = tuple(data_config.input_names)
+    if names != expected:
+        raise ValueError(f"{where}: data config inputs are {list(names)}; this network needs {list(expected)}")
+    if data_config.input_shapes[vectors[0]][1] != 4:
+        raise ValueError(f"{where}: {vectors[0]} must hold 4 variables ({vectors[1]})")
+
+
 def check_jet_inputs(data_config: Any, *, where: str) -> None:
     """Fail with one line when the data config does not provide the jet inputs the network needs."""
-    names = tuple(data_config.input_names)
-    if names != JET_INPUTS:
-        raise ValueError(f"{where}: data config inputs are {list(names)}; this network needs {list(JET_INPUTS)}")
-    if data_config.input_shapes["pf_vectors"][1] != 4:
-        raise ValueError(f"{where}: pf_vectors must hold 4 variables (px, py, pz, energy)")
+    check_inputs(data_config, JET_INPUTS, vectors=("pf_vectors", "px, py, pz, energy"), where=where)
 
 
 def jet_model_info(data_config: Any, output_name: str = "softmax") -> dict[str, Any]:
@@ -162,18 +172,12 @@ def resolve_num_classes(data_config: Any, options: dict[str, Any], *, where: str
 
 
 def build_part_tagger(data_config: Any, options: dict[str, Any], *, where: str,
-                      config_cls: type[ParTConfig] = ParTConfig,
-                      model_cls: type[nn.Module] = ParticleTransformer) -> tuple[JetTagger, dict[str, Any]]:
-    """ParT (or a subclass with its own config) for JetClass-style inputs, configured from weaver options."""
+                      defaults: dict[str, Any] | None = None) -> tuple[JetTagger, dict[str, Any]]:
+    """A ParT-family tagger for JetClass-style inputs from weaver options (``defaults``: the preset's own)."""
     check_jet_inputs(data_config, where=where)
-    options = dict(options)
+    options = upgrade_options(options, where=where)
     nonfinite = nonfinite_mask(options, where=where)
     num_classes = resolve_num_classes(data_config, options, where=where)
-    cfg = from_options(
-        config_cls,
-        options,
-        where=where,
-        input_dim=len(data_config.input_dicts["pf_features"]),
-        num_classes=num_classes,
-    )
-    return JetTagger(model_cls(cfg), nonfinite=nonfinite), jet_model_info(data_config)
+    cfg = from_options(ParTConfig, options, where=where, defaults=defaults,
+                       input_dim=len(data_config.input_dicts["pf_features"]), num_classes=num_classes)
+    return JetTagger(ParticleTransformer(cfg), nonfinite=nonfinite), jet_model_info(data_config)

@@ -1,8 +1,11 @@
 """Particle Transformer (ParT, arXiv:2202.03772) with pluggable attention, built from weaver-core's pieces.
 
 Particle embedding, pair (interaction) embedding, sequence trimmer and weight initialisation are weaver-core's own;
-the blocks are ours (``blocks.py``) so the attention core can be swapped. Module and parameter names match
-weaver-core's ``ParticleTransformer`` so a state_dict of it loads unchanged and gives the same outputs.
+the blocks are ours (``blocks.py``) and each block's attention core comes from the attention-kind registry
+(``attention_kinds.py``: softmax, differential, DSA top-k, DSA indexer). Module and parameter names match
+weaver-core's ``ParticleTransformer`` so a state_dict of it loads unchanged and gives the same outputs. Read top to
+bottom: ``__init__`` builds, ``forward`` -> ``encode`` (trim, embed pairs) -> ``encode_trimmed`` (embed particles,
+``run_blocks``, latents) -> ``pool`` -> head.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +28,20 @@ from weaver.nn.model.ParticleTransformer import (
     named_apply,
 )
 
-from .attention import MultiheadAttention, ValueResidual
+from .attention import MultiheadAttention
+from .attention_kinds import build_core
 from .blocks import Block, BlockConfig
+from .config import config_with
+from .context import ForwardContext, ValueResidual
+from .dsa.attention import selected_pair_bias
+from .dsa.schedule import kept_fraction
+from .dsa.statistics import AuxChannel, summarize_records
 from .latent import LatentCrossAttention, LatentSelfAttention
-from .positional import PosEncoding, PositionalEncoding, local_attention_mask
+from .part_config import ParTConfig
+from .positional import PositionalEncoding, local_attention_mask
+
+__all__ = ["MASKED_VECTOR", "Encoded", "ParTConfig", "ParticleTransformer", "block_config", "config_with",
+           "masked_vector_like"]
 
 Tensor = torch.Tensor
 
@@ -42,91 +54,23 @@ def masked_vector_like(v: Tensor) -> Tensor:
     """``MASKED_VECTOR`` as a (1, 4, 1) tensor with v's dtype and device, to fill (B, 4, P) four-vectors."""
     return torch.tensor(MASKED_VECTOR, dtype=v.dtype, device=v.device).view(1, 4, 1)
 
-_PAIR_INPUT_DIMS = {"pp": 4, "ee": 6, "xyzt": 7}
+
+def block_config(cfg: ParTConfig, *, cls_block: bool = False) -> BlockConfig:
+    """Particle blocks use the configured dropouts; class-attention blocks use none (as in ParT)."""
+    options = cfg.blocks
+    if cls_block:
+        options = dataclasses.replace(options, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0)
+    return BlockConfig(options=options, embed_dim=cfg.embed_dim, attn_backend=cfg.attn.attn_backend or "sdpa")
 
 
-@dataclass(frozen=True)
-class ParTConfig:
-    """All ParT options; defaults are the published recipe (weaver-core ``version=1`` built as the particle_transformer
-    repository's ``example_ParticleTransformer.py`` builds it), so its checkpoints give its outputs unchanged."""
+@dataclass
+class Encoded:
+    """What ``encode`` returns: the tokens to pool, their padding mask, and the particle tokens before any latent
+    encoder (the track model's pointer head reads them)."""
 
-    input_dim: int
-    num_classes: int | None
-    # embeddings
-    embed_dims: tuple[int, ...] = (128, 512, 128)
-    pair_input_type: str = "pp"
-    pair_input_dim: int | None = None  # None: 4 for 'pp', 6 for 'ee', 7 for 'xyzt'
-    pair_extra_dim: int = 0
-    pair_embed_dims: tuple[int, ...] = (64, 64, 64)
-    remove_self_pair: bool = False
-    # False as in the recipe that trained the published ParT (particle_transformer's example_ParticleTransformer.py);
-    # weaver-core's class default is True. Same state_dict either way, so a wrong value loads silently.
-    use_pre_activation_pair: bool = False
-    activation: Literal["gelu", "relu"] = "gelu"
-    # transformer
-    num_heads: int = 8
-    num_layers: int = 8
-    num_cls_layers: int = 2
-    ffn_ratio: int = 4
-    ffn_activation: Literal["gelu", "relu", "swiglu"] = "gelu"
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
-    activation_dropout: float = 0.1
-    layer_scale_init: float | None = None
-    attn_backend: str = "sdpa"
-    # transformer refinements (all off by default: the published ParT); see docs/variants.md
-    value_residual: bool = False  # mix layer-0 values into later layers (learned per-token, per-head gate)
-    num_registers: int = 0  # learned extra tokens in the particle blocks; zero pair bias; not pooled
-    attn_window: int = 0  # > 0: attend only within +-attn_window in pT rank
-    attn_knn: int = 0  # > 0: attend only to the attn_knn nearest particles in (eta, phi)
-    grad_checkpoint: bool = False  # torch.utils.checkpoint per particle block while training
-    pos_encoding: PosEncoding = "none"  # 'sequence' (pT rank), 'eta_phi' (2D sin/cos), 'fourier' (random features)
-    pos_fourier_features: int = 32
-    pos_fourier_scale: float = 10.0
-    latent_tokens: int = 0  # > 0: Perceiver encoder, particles -> latent_tokens latents after the particle blocks
-    latent_layers: int = 2  # self-attention blocks over the latents
-    head: Literal["class_attention", "latent"] = "class_attention"  # 'latent': head_queries averaged queries
-    head_queries: int = 4
-    # head
-    fc_params: tuple[tuple[int, float], ...] = ()
-    task: Literal["classification", "regression"] = "classification"
-    # inference (eval without gradients): 'bucketed' runs weaver_ext.fast_inference with identical outputs
-    inference_path: Literal["standard", "bucketed"] = "standard"
-    bucket_size: int = 32  # jets per length bucket of the bucketed path
-    inference_dtype: Literal["fp32", "bf16"] = "fp32"
-    # misc
-    trim: bool = True
-    weight_init: Literal["moco", "timm"] | None = "moco"
-    fix_init: bool = True
-    # injected by weaver
-    for_inference: bool = False
-    use_amp: bool = False
-    compile_model: bool = False
-
-    @property
-    def resolved_pair_input_dim(self) -> int:
-        if self.pair_input_dim is not None:
-            return self.pair_input_dim
-        return _PAIR_INPUT_DIMS[self.pair_input_type.split(":")[0]]
-
-    @property
-    def embed_dim(self) -> int:
-        return self.embed_dims[-1] if self.embed_dims else self.input_dim
-
-    def block_config(self, *, cls_block: bool = False) -> BlockConfig:
-        """Particle blocks use the configured dropouts; class-attention blocks use none (as in ParT)."""
-        drop = 0.0 if cls_block else None
-        return BlockConfig(
-            embed_dim=self.embed_dim,
-            num_heads=self.num_heads,
-            ffn_ratio=self.ffn_ratio,
-            dropout=self.dropout if drop is None else drop,
-            attn_dropout=self.attn_dropout if drop is None else drop,
-            activation_dropout=self.activation_dropout if drop is None else drop,
-            activation=self.ffn_activation,
-            layer_scale_init=self.layer_scale_init,
-            attn_backend=self.attn_backend,
-        )
+    tokens: Tensor  # (B, L, E)
+    padding_mask: Tensor  # (B, L) bool, True for padding
+    particle_tokens: Tensor  # (B, N, E)
 
 
 class ParticleTransformer(nn.Module):
@@ -135,109 +79,132 @@ class ParticleTransformer(nn.Module):
     def __init__(self, cfg: ParTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.for_inference = cfg.for_inference
-        dim = cfg.embed_dim
-        self.embed = (
-            Embed(cfg.input_dim, cfg.embed_dims, activation=cfg.activation) if cfg.embed_dims else nn.Identity()
-        )
-        pair_dim = cfg.resolved_pair_input_dim
-        self.pair_embed = (
-            PairEmbed(
-                pair_dim,
-                cfg.pair_extra_dim,
-                (*cfg.pair_embed_dims, cfg.num_heads),
-                pairwise_lv_type=cfg.pair_input_type,
-                remove_self_pair=cfg.remove_self_pair,
-                use_pre_activation_pair=cfg.use_pre_activation_pair,
-                for_onnx=cfg.for_inference,
-                sparse_eval=(False, True) if cfg.compile_model else (True, True),
-            )
-            if cfg.pair_embed_dims is not None and pair_dim + cfg.pair_extra_dim > 0 and cfg.num_layers > 0
-            else None
-        )
-        self.blocks = nn.ModuleList(self.make_block(i) for i in range(cfg.num_layers))
+        self.for_inference = cfg.inference.for_inference
+        emb, blocks = cfg.embedding, cfg.blocks
+        self.embed = Embed(emb.input_dim, emb.embed_dims, activation=emb.activation) if emb.embed_dims \
+            else nn.Identity()
+        self.pair_embed = self._make_pair_embed(cfg)
+        self.blocks = nn.ModuleList(self.make_block(i) for i in range(blocks.num_layers))
         self.cls_blocks = (
-            nn.ModuleList(self.make_block(i, cls_block=True) for i in range(cfg.num_cls_layers))
-            if cfg.num_cls_layers > 0 and cfg.head == "class_attention"
+            nn.ModuleList(self.make_block(i, cls_block=True) for i in range(blocks.num_cls_layers))
+            if blocks.num_cls_layers > 0 and cfg.head.head == "class_attention"
             else None
         )
         self._make_refinements(cfg)
-        self.norm = nn.LayerNorm(dim)
-        self.fc = self._make_head(cfg) if cfg.num_classes is not None else None
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.cls_blocks is not None else None
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.fc = self._make_head(cfg) if cfg.head.num_classes is not None else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if self.cls_blocks is not None else None
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.trimmer = SequenceTrimmer(enabled=cfg.trim and not cfg.for_inference, round_to_32=cfg.compile_model)
-        if cfg.weight_init is not None:
-            named_apply(init_weights_vit_moco if cfg.weight_init == "moco" else init_weights_vit_timm, self)
-        if cfg.fix_init:
+        self.trimmer = SequenceTrimmer(enabled=cfg.inference.trim and not self.for_inference,
+                                       round_to_32=cfg.inference.compile_model)
+        if blocks.weight_init is not None:
+            named_apply(init_weights_vit_moco if blocks.weight_init == "moco" else init_weights_vit_timm, self)
+        if blocks.fix_init:
             for layer_id, block in enumerate(self.blocks, start=1):
                 block.attn.out_proj.weight.data.div_(math.sqrt(2.0 * layer_id))
                 block.fc2.weight.data.div_(math.sqrt(2.0 * layer_id))
+        self.aux_channel = AuxChannel()  # auxiliary loss and statistics of sparse layers (bound by AuxLoss)
+        if cfg.sparse_layers:
+            # persistent: saved in weaver's checkpoints, so --load-epoch resumes the schedule where it stopped
+            self.register_buffer("dsa_step", torch.zeros((), dtype=torch.long))
 
-    def make_attention(self, index: int, *, cls_block: bool = False) -> MultiheadAttention | None:
-        """Attention module of block ``index``; None = the default. Variants (differential attention) override it."""
-        return None
+    @staticmethod
+    def _make_pair_embed(cfg: ParTConfig) -> PairEmbed | None:
+        emb = cfg.embedding
+        pair_dim, extra = emb.resolved_pair_input_dim, emb.resolved_pair_extra_dim
+        if emb.pair_embed_dims is None or pair_dim + extra == 0 or cfg.blocks.num_layers == 0:
+            return None
+        return PairEmbed(pair_dim, extra, (*emb.pair_embed_dims, cfg.blocks.num_heads),
+                         pairwise_lv_type=emb.pair_input_type, remove_self_pair=emb.remove_self_pair,
+                         use_pre_activation_pair=emb.use_pre_activation_pair, for_onnx=cfg.inference.for_inference,
+                         sparse_eval=(False, True) if cfg.inference.compile_model else (True, True))
 
     def make_block(self, index: int, *, cls_block: bool = False) -> Block:
-        """One particle block (or class-attention block) built from the config and ``make_attention``."""
-        block = Block(self.cfg.block_config(cls_block=cls_block),
-                      attention=self.make_attention(index, cls_block=cls_block))
-        if self.cfg.value_residual and not cls_block and index > 0:
+        """One particle block (or class-attention block) with the attention core its kind builds."""
+        cfg = self.cfg
+        bc = block_config(cfg, cls_block=cls_block)
+        core = build_core(cfg, layer=index, cls_block=cls_block)
+        attention = MultiheadAttention(bc.embed_dim, bc.options.num_heads, core=core)
+        block = Block(bc, attention=attention)
+        if cfg.refine.value_residual and not cls_block and index > 0:
             block.attn.enable_value_residual()
         return block
 
     def _make_refinements(self, cfg: ParTConfig) -> None:
         """Optional modules: positional encoding, register tokens, latent encoder and latent decoder head."""
-        for name in ("num_registers", "attn_window", "attn_knn", "latent_tokens"):
-            if getattr(cfg, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-        if cfg.num_layers == 0 and (cfg.num_registers or cfg.value_residual or cfg.attn_window or cfg.attn_knn):
-            raise ValueError("num_registers, value_residual, attn_window and attn_knn need num_layers > 0")
-        self.pos_encoding = None if cfg.pos_encoding == "none" else PositionalEncoding(
-            cfg.pos_encoding, cfg.embed_dim, fourier_features=cfg.pos_fourier_features,
-            fourier_scale=cfg.pos_fourier_scale)
-        self.registers = nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.embed_dim)) if cfg.num_registers else None
+        refine = cfg.refine
+        self.pos_encoding = None if refine.pos_encoding == "none" else PositionalEncoding(
+            refine.pos_encoding, cfg.embed_dim, fourier_features=refine.pos_fourier_features,
+            fourier_scale=refine.pos_fourier_scale)
+        self.registers = nn.Parameter(torch.zeros(1, refine.num_registers, cfg.embed_dim)) \
+            if refine.num_registers else None
         if self.registers is not None:
             nn.init.trunc_normal_(self.registers, std=0.02)
         self.latent_encoder = self.latent_blocks = None
-        if cfg.latent_tokens > 0:
-            self.latent_encoder = LatentCrossAttention(cfg.block_config(), num_tokens=cfg.latent_tokens)
-            self.latent_blocks = LatentSelfAttention(cfg.block_config(), num_layers=cfg.latent_layers)
+        if refine.latent_tokens > 0:
+            self.latent_encoder = LatentCrossAttention(block_config(cfg), num_tokens=refine.latent_tokens)
+            self.latent_blocks = LatentSelfAttention(block_config(cfg), num_layers=refine.latent_layers)
         self.latent_head = None
-        if cfg.head == "latent":
-            if cfg.num_cls_layers < 1:
-                raise ValueError("head='latent' needs num_cls_layers >= 1 (the number of its cross-attention blocks)")
-            self.latent_head = LatentCrossAttention(cfg.block_config(cls_block=True), num_tokens=cfg.head_queries,
-                                                    num_layers=cfg.num_cls_layers)
+        if cfg.head.head == "latent":
+            self.latent_head = LatentCrossAttention(block_config(cfg, cls_block=True), num_tokens=cfg.head.head_queries,
+                                                    num_layers=cfg.blocks.num_cls_layers)
 
     @staticmethod
     def _make_head(cfg: ParTConfig) -> nn.Sequential:
         layers: list[nn.Module] = []
         in_dim = cfg.embed_dim
-        for out_dim, drop_rate in cfg.fc_params:
+        for out_dim, drop_rate in cfg.head.fc_params:
             layers.append(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Dropout(drop_rate)))
             in_dim = out_dim
-        layers.append(nn.Linear(in_dim, cfg.num_classes))
+        layers.append(nn.Linear(in_dim, cfg.head.num_classes))
         return nn.Sequential(*layers)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"cls_token"}
 
-    def encode(
-        self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
-        uu_idx: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Trim padding, embed particles and pairs and run the particle blocks.
+    # ---- the sparse-attention schedule -------------------------------------------------------------------------
 
-        Returns particle tokens (B, L, E), the padding mask (B, L) with True for padding, and the pair bias.
-        """
+    def current_kept_fraction(self) -> float:
+        """The DSA schedule's kept fraction at the stored training step (1.0 without sparse layers)."""
+        return kept_fraction(self.cfg.sparsity, int(self.dsa_step)) if self.cfg.sparse_layers else 1.0
+
+    def pop_aux_loss(self) -> Tensor | None:
+        """The weighted auxiliary loss of the last training forward (then cleared so it is added once)."""
+        return self.aux_channel.pop_loss()
+
+    def new_context(self) -> ForwardContext:
+        """The context of one forward: the schedule's kept fraction, whether to record, the value-residual state."""
+        sparse = bool(self.cfg.sparse_layers)
+        return ForwardContext(ratio=self.current_kept_fraction(), topk=self.cfg.sparsity.topk,
+                              collect=sparse and self.training and torch.is_grad_enabled(),
+                              value_residual=ValueResidual() if self.cfg.refine.value_residual else None)
+
+    def _uses_selected_pairs(self) -> bool:
+        """Indexer kind on every block: pairs are embedded per selected (i, j), no dense pair bias is built."""
+        cfg = self.cfg
+        return cfg.attn.kind == "dsa_indexer" and len(cfg.sparse_layers) == cfg.blocks.num_layers \
+            and self.pair_embed is not None
+
+    # ---- forward --------------------------------------------------------------------------------------------------
+
+    def encode(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
+               uu_idx: Tensor | None = None, *, ctx: ForwardContext | None = None) -> Encoded:
+        """Trim padding, embed particles and pairs and run the blocks (``ctx``: a fresh context when None)."""
+        ctx = self.new_context() if ctx is None else ctx
+        if self.cfg.attn.kind == "dsa_indexer" and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            raise RuntimeError("DSA dsa_mode='indexer' cannot be exported (data-dependent k); export with 'topk'")
+        if self.cfg.sparse_layers and self.training:
+            self.dsa_step.add_(1)
         with torch.no_grad():
             if uu_idx is not None and not self.for_inference:
                 uu = build_sparse_tensor(uu, uu_idx, x.size(-1))
             x, v, mask, uu = self.trimmer(x, v, mask, uu)
-        return self.encode_trimmed(x, v, mask, self.pair_bias(v, uu, mask))
+        bias = None if self._uses_selected_pairs() else self.pair_bias(v, uu, mask)
+        encoded = self.encode_trimmed(x, v, mask, bias, ctx=ctx)
+        self._publish(ctx)
+        return encoded
 
     def pair_bias(self, v: Tensor | None, uu: Tensor | None, mask: Tensor) -> Tensor | None:
         """The dense pair-interaction bias (B, H, L, L), or None without pair inputs."""
@@ -246,58 +213,68 @@ class ParticleTransformer(nn.Module):
         if not mask.any():  # only empty jets: no pair to embed (weaver's sparse PairEmbed fails on zero pairs)
             ref = v if v is not None else uu
             return ref.new_zeros(mask.size(0), self.pair_embed.out_dim, mask.size(-1), mask.size(-1))
-        if v is not None and self.cfg.for_inference:
+        if v is not None and self.for_inference:
             # the dense (export) path embeds padded pairs too: zero padding would give atan2(0, 0), NaN in ONNX
             v = torch.where(mask.bool(), v, masked_vector_like(v))
         return self.pair_embed(v, uu=uu, mask=mask)
 
-    def encode_trimmed(
-        self, x: Tensor, v: Tensor | None, mask: Tensor, bias: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def encode_trimmed(self, x: Tensor, v: Tensor | None, mask: Tensor, bias: Tensor | None, *,
+                       ctx: ForwardContext | None = None) -> Encoded:
         """Everything after trimming and the pair embedding (shared with the fast inference path)."""
+        ctx = self.new_context() if ctx is None else ctx
         mask = mask.bool()
         padding_mask = ~mask.squeeze(1)
         x = self.embed(x).masked_fill(~mask.transpose(1, 2), 0)
         if self.pos_encoding is not None:
             self._need_vectors(v, "pos_encoding")
             x = x + self.pos_encoding(v, mask).to(x.dtype)
-        x = self.run_blocks(x, v, mask, padding_mask, bias)
+        if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None:
+            pair_embed = self.pair_embed
+            ctx.pair_fn = lambda idx, valid, start: selected_pair_bias(pair_embed, v, mask, idx, valid, start)
+        particles = x = self.run_blocks(x, v, mask, padding_mask, bias, ctx=ctx)
         if self.latent_encoder is not None:
             x = self.latent_blocks(self.latent_encoder(x, padding_mask))
-            padding_mask, bias = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device), None
-        return x, padding_mask, bias
+            padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        return Encoded(tokens=x, padding_mask=padding_mask, particle_tokens=particles)
 
     @staticmethod
     def _need_vectors(v: Tensor | None, option: str) -> None:
         if v is None:
             raise ValueError(f"ParT option {option} needs the particle four-vectors (pf_vectors)")
 
-    def run_blocks(self, x: Tensor, v: Tensor | None, mask: Tensor, padding_mask: Tensor,
-                   bias: Tensor | None) -> Tensor:
+    def run_blocks(self, x: Tensor, v: Tensor | None, mask: Tensor, padding_mask: Tensor, bias: Tensor | None, *,
+                   ctx: ForwardContext) -> Tensor:
         """The particle blocks, with registers, local masks, value residual and checkpointing when configured."""
-        cfg = self.cfg
+        refine = self.cfg.refine
         local = None
-        if cfg.attn_window or cfg.attn_knn:
+        if refine.attn_window or refine.attn_knn:
             self._need_vectors(v, "attn_window/attn_knn")
-            local = local_attention_mask(v, mask, window=cfg.attn_window, knn=cfg.attn_knn)
+            local = local_attention_mask(v, mask, window=refine.attn_window, knn=refine.attn_knn)
         num_particles = x.size(1)
         if self.registers is not None:
+            extra = refine.num_registers
             x = torch.cat((x, self.registers.expand(x.size(0), -1, -1).to(x.dtype)), dim=1)
-            padding_mask = F.pad(padding_mask, (0, cfg.num_registers), value=False)
-            bias = None if bias is None else F.pad(bias, (0, cfg.num_registers, 0, cfg.num_registers))
-            local = None if local is None else F.pad(local, (0, cfg.num_registers, 0, cfg.num_registers))
+            padding_mask = F.pad(padding_mask, (0, extra), value=False)
+            bias = None if bias is None else F.pad(bias, (0, extra, 0, extra))
+            local = None if local is None else F.pad(local, (0, extra, 0, extra))
         if local is not None:
-            local = local.to(x.dtype).expand(-1, cfg.num_heads, -1, -1)
+            local = local.to(x.dtype).expand(-1, self.cfg.blocks.num_heads, -1, -1)
             bias = local if bias is None else bias + local
-        state = ValueResidual() if cfg.value_residual else None
-        use_checkpoint = cfg.grad_checkpoint and self.training and torch.is_grad_enabled()
+        use_checkpoint = self.cfg.blocks.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_checkpoint:
-                x = checkpoint(block, x, padding_mask=padding_mask, bias=bias, value_residual=state,
-                               use_reentrant=False)
+                x = checkpoint(block, x, padding_mask=padding_mask, bias=bias, ctx=ctx, use_reentrant=False)
             else:
-                x = block(x, padding_mask=padding_mask, bias=bias, value_residual=state)
+                x = block(x, padding_mask=padding_mask, bias=bias, ctx=ctx)
         return x[:, :num_particles]
+
+    def _publish(self, ctx: ForwardContext) -> None:
+        """Hand a training forward's auxiliary loss and statistics to the aux channel (nothing pending otherwise)."""
+        if not ctx.collect:
+            self.aux_channel.clear()
+            return
+        loss, terms = summarize_records(ctx.records, self.cfg.sparsity.loss_weights)
+        self.aux_channel.publish(loss, terms, ctx.records)
 
     def pool(self, x: Tensor, padding_mask: Tensor) -> Tensor:
         """Class-attention pooling (or a masked mean when there are no class blocks), then LayerNorm."""
@@ -315,12 +292,12 @@ class ParticleTransformer(nn.Module):
 
     @property
     def supports_fast_inference(self) -> bool:
-        """Whether ``FastParT`` reproduces this model (subclasses with their own encode path say no)."""
-        return True
+        """Whether ``FastParT`` reproduces this model (sparse attention selects per jet length: no)."""
+        return not self.cfg.sparse_layers
 
     def use_fast_inference(self, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
         """The bucketed path runs in eval without gradients, outside ONNX tracing, for kinematic pair inputs."""
-        if self.cfg.inference_path != "bucketed" or self.training or torch.is_grad_enabled():
+        if self.cfg.inference.inference_path != "bucketed" or self.training or torch.is_grad_enabled():
             return False
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or uu is not None or uu_idx is not None:
             return False
@@ -328,10 +305,8 @@ class ParticleTransformer(nn.Module):
             raise ValueError(f"inference_path='bucketed' is not supported by {type(self).__name__} with these options")
         return True
 
-    def forward(
-        self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
-        uu_idx: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
+                uu_idx: Tensor | None = None) -> Tensor:
         """x: (B, C, L) features; v: (B, 4, L) (px, py, pz, E); mask: (B, 1, L), 1 for real particles."""
         if mask is None:
             mask = torch.ones_like(x[:, :1])
@@ -340,18 +315,14 @@ class ParticleTransformer(nn.Module):
 
             # built per call on purpose: folding a few small matrices costs microseconds and can never go stale
             # after load_state_dict (the bf16 option also copies the weights per call: ~10 ms per batch)
-            fast_cfg = FastInferenceConfig(bucket_size=self.cfg.bucket_size, dtype=self.cfg.inference_dtype)
+            inference = self.cfg.inference
+            fast_cfg = FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype)
             return FastParT(self, fast_cfg)(x, v, mask)
-        tokens, padding_mask, _ = self.encode(x, v, mask, uu, uu_idx)
-        pooled = self.pool(tokens, padding_mask)
+        encoded = self.encode(x, v, mask, uu, uu_idx)
+        pooled = self.pool(encoded.tokens, encoded.padding_mask)
         if self.fc is None:
             return pooled
         out = self.fc(pooled)
-        if self.for_inference and self.cfg.task == "classification":
+        if self.for_inference and self.cfg.head.task == "classification":
             out = torch.softmax(out, dim=1)
         return out
-
-
-def config_with(cfg: ParTConfig, **changes: object) -> ParTConfig:
-    """A copy of ``cfg`` with some fields changed (configs are frozen)."""
-    return dataclasses.replace(cfg, **changes)

@@ -16,6 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "FourierFeatures",
+    "PosEncoding",
+    "PositionalEncoding",
+    "eta_phi",
+    "local_attention_mask",
+    "pt_rank",
+    "sinusoidal",
+    "sinusoidal_2d",
+]
+
 Tensor = torch.Tensor
 PosEncoding = Literal["none", "sequence", "eta_phi", "fourier"]
 

@@ -22,6 +22,29 @@ import numpy as np
 import torch
 from torch import nn
 
+__all__ = [
+    "SEED_OPTION",
+    "TRAIN_STREAM",
+    "VAL_STREAM",
+    "apply_seed_option",
+    "begin_epoch",
+    "check_seed",
+    "drain_loader",
+    "epoch_seed",
+    "repair_resume",
+    "replay_epochs",
+    "restore_scheduler",
+    "restore_warmup_counters",
+    "resume_state_path",
+    "save_resume_state",
+    "seed_everything",
+    "seed_option",
+    "seed_rngs",
+    "use_deterministic_kernels",
+    "warmup_counters",
+    "without_seed",
+]
+
 SEED_OPTION = "seed"
 TRAIN_STREAM = 0  # derived-seed stream of the training data/dropout of an epoch
 VAL_STREAM = 1  # derived-seed stream of the validation pass of an epoch

@@ -1,19 +1,18 @@
 """Muon-track regression on detector hits: a hit transformer (ParT blocks with x,y,z,t pair features) and its loss.
 
-The model is ``DSAParticleTransformer`` (so ParT with dense attention by default, DSA with ``attention='dsa'`` and
-Perceiver latents with ``latent_tokens``) run on PMT hits instead of particles: ``hit_points`` (x, y, z, ct) are the
-pair four-vectors (weaver-core's ``pairwise_lv_fts_xyzt``: log distance, angle, asinh(dt), dx, dy, dz) and
-``hit_features`` the per-hit inputs. The output is (batch, 6) = (entry point / R, direction) as in
-data/Tracks/tracks.yaml. Two heads: ``mlp`` (pooled token -> 6 numbers) and ``pointer`` (two attention-pooled hit
-centroids, "where the muon entered" and "where it left", projected onto the unit sphere; the chord between them is
-the direction; plus the MLP as a zero-initialised residual). See docs/tracks.md.
+The model is weaver_ext's ParT (softmax attention by default, any registered kind with ``-o attention``, e.g. DSA
+with ``attention='dsa'``, and Perceiver latents with ``latent_tokens``) run on PMT hits instead of particles:
+``hit_points`` (x, y, z, ct) are the pair four-vectors (weaver-core's ``pairwise_lv_fts_xyzt``: log distance, angle,
+asinh(dt), dx, dy, dz) and ``hit_features`` the per-hit inputs. The output is (batch, 6) = (entry point / R,
+direction) as in data/Tracks/tracks.yaml. Two heads: ``mlp`` (pooled token -> 6 numbers) and ``pointer`` (two
+attention-pooled hit centroids, "where the muon entered" and "where it left", projected onto the unit sphere; the
+chord between them is the direction; plus the MLP as a zero-initialised residual). See docs/tracks.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -21,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import from_options
-from .dsa import DSAConfig, DSAParticleTransformer
+from .network import check_inputs
+from .part import ParticleTransformer
+from .part_config import ParTConfig, upgrade_options
+
+__all__ = ["NUM_TARGETS", "TRACK_DEFAULTS", "TRACK_INPUTS", "HitPointerHead", "HitTracker", "TrackConfig",
+           "TrackLoss", "TrackOptions", "TrackTransformer", "build_track_config", "build_track_loss",
+           "build_track_model", "check_track_inputs", "match_target_shape", "rotate_about_z", "select_hits",
+           "track_model_info"]
 
 Tensor = torch.Tensor
 
@@ -29,25 +35,27 @@ TRACK_INPUTS = ("hit_points", "hit_features", "hit_mask")
 NUM_TARGETS = 6  # (x0, y0, z0) / R and (dx, dy, dz)
 
 
-@dataclass(frozen=True)
-class TrackConfig(DSAConfig):
-    """Hit-transformer options: DSA-ParT's (defaults resized for hits) plus the track-specific ones."""
+# ParT options with defaults for ~1000 hits on a CPU (a preset, not a subclass)
+TRACK_DEFAULTS: dict[str, Any] = {
+    "embed_dims": (64, 64),
+    "pair_input_type": "xyzt:rect",  # weaver-core's x,y,z,t pair features with dx, dy, dz
+    "pair_embed_dims": (32, 32),
+    "num_heads": 4,
+    "num_layers": 3,
+    "num_cls_layers": 1,
+    "dropout": 0.0,
+    "attn_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "trim": False,  # the wrapper trims padding itself (ParT's trimmer also cuts real elements when training)
+    "dsa_mode": "indexer",  # with attention='dsa': memory N x topk
+    "topk": 64,
+}
 
-    # ParT options with defaults for ~1000 hits on a CPU
-    embed_dims: tuple[int, ...] = (64, 64)
-    pair_input_type: str = "xyzt:rect"  # weaver-core's x,y,z,t pair features with dx, dy, dz
-    pair_embed_dims: tuple[int, ...] = (32, 32)
-    num_heads: int = 4
-    num_layers: int = 3
-    num_cls_layers: int = 1
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    trim: bool = False  # the wrapper trims padding itself (ParT's trimmer also cuts real elements when training)
-    dsa_mode: Literal["topk", "indexer"] = "indexer"  # with attention='dsa': memory N x topk
-    topk: int | None = 64
-    # track options
-    attention: Literal["dense", "dsa"] = "dense"
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """What the hit transformer adds to ParT: hit selection, the head, augmentation and the loss weights."""
+
     max_hits: int = 0  # > 0: keep only the max_hits highest-charge hits of each event (cheaper training)
     charge_feature: str = "hit_logq"  # hit_features variable used to rank hits for max_hits
     track_head: Literal["pointer", "mlp"] = "pointer"
@@ -55,34 +63,39 @@ class TrackConfig(DSAConfig):
     position_weight: float = 1.0  # loss: weight of the squared entry-point distance (units of R)
     direction_weight: float = 2.0  # loss: weight of 1 - cos(angle) between predicted and true direction
 
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Hit-transformer options: the ParT model's (with ``TRACK_DEFAULTS``) and the track ones."""
+
+    model: ParTConfig = field(default_factory=ParTConfig)
+    track: TrackOptions = field(default_factory=TrackOptions)
+
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.max_hits < 0:
-            raise ValueError(f"track option max_hits={self.max_hits} must be >= 0 (0 = keep all hits)")
-        if self.position_weight < 0 or self.direction_weight < 0:
+        track, model = self.track, self.model
+        if track.max_hits < 0:
+            raise ValueError(f"track option max_hits={track.max_hits} must be >= 0 (0 = keep all hits)")
+        if track.position_weight < 0 or track.direction_weight < 0:
             raise ValueError("track options position_weight and direction_weight must be >= 0")
-        if self.trim:
+        if model.inference.trim:
             raise ValueError("track option trim=True is not supported: the wrapper removes padding itself and "
                              "ParT's trimmer would reorder hits under the pointer head")
-        if self.num_classes != NUM_TARGETS:
-            raise ValueError(f"the track model predicts {NUM_TARGETS} numbers, got num_classes={self.num_classes}")
+        if model.head.num_classes != NUM_TARGETS:
+            raise ValueError(f"the track model predicts {NUM_TARGETS} numbers, "
+                             f"got num_classes={model.head.num_classes}")
 
 
 def build_track_config(data_config: Any, options: dict[str, Any], *, where: str) -> TrackConfig:
-    """TrackConfig from weaver ``-o`` options; input size, outputs, task and DSA switch are fixed by the data."""
+    """TrackConfig from weaver ``-o`` options; input size, outputs and task are fixed by the data."""
     check_track_inputs(data_config, where=where)
-    attention = options.get("attention", "dense")
-    return from_options(TrackConfig, options, where=where, input_dim=len(data_config.input_dicts["hit_features"]),
-                        num_classes=NUM_TARGETS, task="regression", dsa_enabled=attention == "dsa")
+    return from_options(TrackConfig, upgrade_options(options, where=where), where=where, defaults=TRACK_DEFAULTS,
+                        input_dim=len(data_config.input_dicts["hit_features"]), num_classes=NUM_TARGETS,
+                        task="regression")
 
 
 def check_track_inputs(data_config: Any, *, where: str) -> None:
     """One-line error when the data config does not provide (hit_points[4], hit_features, hit_mask)."""
-    names = tuple(data_config.input_names)
-    if names != TRACK_INPUTS:
-        raise ValueError(f"{where}: data config inputs are {list(names)}; this network needs {list(TRACK_INPUTS)}")
-    if data_config.input_shapes["hit_points"][1] != 4:
-        raise ValueError(f"{where}: hit_points must hold 4 variables (x, y, z, t)")
+    check_inputs(data_config, TRACK_INPUTS, vectors=("hit_points", "x, y, z, t"), where=where)
 
 
 class TrackLoss(nn.Module):
@@ -142,37 +155,28 @@ class HitPointerHead(nn.Module):
         return torch.cat((unit[:, 0], unit[:, 1] - unit[:, 0]), dim=1).to(tokens.dtype)
 
 
-class TrackTransformer(DSAParticleTransformer):
-    """DSA-ParT on hits with a (B, 6) regression head (``mlp`` or ``pointer`` + zero-initialised ``mlp``)."""
-
-    cfg: TrackConfig
+class TrackTransformer(ParticleTransformer):
+    """ParT on hits with a (B, 6) regression head (``mlp`` or ``pointer`` + zero-initialised ``mlp``)."""
 
     def __init__(self, cfg: TrackConfig) -> None:
-        super().__init__(cfg)
-        self.pointer = HitPointerHead(cfg.embed_dim) if cfg.track_head == "pointer" else None
+        super().__init__(cfg.model)
+        self.track = cfg.track
+        self.pointer = HitPointerHead(cfg.model.embed_dim) if cfg.track.track_head == "pointer" else None
         if self.pointer is not None:  # start from the geometric estimate; the MLP learns corrections
             last = self.fc[-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
-        self._hit_tokens: Tensor | None = None
-
-    def run_blocks(self, x: Tensor, v: Tensor | None, mask: Tensor, padding_mask: Tensor,
-                   bias: Tensor | None) -> Tensor:
-        x = super().run_blocks(x, v, mask, padding_mask, bias)
-        self._hit_tokens = x  # per-hit tokens for the pointer head (before any latent encoder)
-        return x
 
     def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
                 uu_idx: Tensor | None = None) -> Tensor:
         """x: (B, C, L) hit features; v: (B, 4, L) hit x, y, z, ct; mask: (B, 1, L). Returns (B, 6)."""
         if mask is None:
             mask = torch.ones_like(x[:, :1])
-        tokens, padding_mask, _ = self.encode(x, v, mask, uu, uu_idx)
-        hits, self._hit_tokens = self._hit_tokens, None
-        out = self.fc(self.pool(tokens, padding_mask))
+        encoded = self.encode(x, v, mask, uu, uu_idx)
+        out = self.fc(self.pool(encoded.tokens, encoded.padding_mask))
         if self.pointer is not None:
             self._need_vectors(v, "track_head='pointer'")
-            out = out + self.pointer(hits, v[:, :3], mask)
+            out = out + self.pointer(encoded.particle_tokens, v[:, :3], mask)  # per-hit tokens, before latents
         return out
 
 
@@ -229,7 +233,7 @@ class HitTracker(nn.Module):
         return {"mod.cls_token"}
 
     def forward(self, points: Tensor, features: Tensor, mask: Tensor) -> Tensor:
-        cfg = self.mod.cfg
+        cfg = self.mod.track
         angle = None
         if self.training and cfg.augment_azimuth:
             angle = torch.rand(points.size(0), device=points.device) * (2 * math.pi)
@@ -271,23 +275,20 @@ def _xy_channels(data_config: Any, *, where: str) -> dict[str, tuple[int, int]]:
 def build_track_model(data_config: Any, options: dict[str, Any], *, where: str) -> tuple[HitTracker, dict[str, Any]]:
     """The hit transformer for data/Tracks/tracks.yaml-style inputs, configured from weaver options."""
     cfg = build_track_config(data_config, options, where=where)
+    track = cfg.track
     charge_index = None
-    if cfg.max_hits > 0:
+    if track.max_hits > 0:
         variables = list(data_config.input_dicts["hit_features"])
-        if cfg.charge_feature not in variables:
-            raise ValueError(f"{where}: charge_feature {cfg.charge_feature!r} is not in hit_features {variables}")
-        charge_index = variables.index(cfg.charge_feature)
-    xy = _xy_channels(data_config, where=where) if cfg.augment_azimuth else {}
-    model = HitTracker(TrackTransformer(cfg), xy_channels=xy, charge_index=charge_index, trim=not cfg.for_inference)
+        if track.charge_feature not in variables:
+            raise ValueError(f"{where}: charge_feature {track.charge_feature!r} is not in hit_features {variables}")
+        charge_index = variables.index(track.charge_feature)
+    xy = _xy_channels(data_config, where=where) if track.augment_azimuth else {}
+    model = HitTracker(TrackTransformer(cfg), xy_channels=xy, charge_index=charge_index,
+                       trim=not cfg.model.inference.for_inference)
     return model, track_model_info(data_config)
 
 
 def build_track_loss(data_config: Any, options: dict[str, Any], *, where: str) -> TrackLoss:
     """The task loss with the weights from the same ``-o`` options the model got."""
-    cfg = build_track_config(data_config, options, where=where)
-    return TrackLoss(position_weight=cfg.position_weight, direction_weight=cfg.direction_weight)
-
-
-def config_with(cfg: TrackConfig, **changes: object) -> TrackConfig:
-    """A copy of ``cfg`` with some fields changed (configs are frozen)."""
-    return dataclasses.replace(cfg, **changes)
+    track = build_track_config(data_config, options, where=where).track
+    return TrackLoss(position_weight=track.position_weight, direction_weight=track.direction_weight)

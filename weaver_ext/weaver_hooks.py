@@ -1,9 +1,9 @@
-"""What plugs into weaver's training loop for DSA-ParT: the loss binding, per-epoch statistics, tensorboard.
+"""What plugs into weaver's training loop: the loss binding, per-epoch DSA statistics, tensorboard, seeding.
 
-weaver-core calls the network config's ``get_model`` and then ``get_loss`` in the same process; ``register_model``
-remembers the model built by ``get_model`` so ``get_loss`` can bind an ``AuxLoss`` to it. ``make_train_fn`` wraps
-weaver's own ``train_classification`` (or ``train_regression``) and, after each epoch, writes the DSA statistics per
-layer to weaver's log and (with ``--tensorboard``) to the tensorboard writer. With ``-o seed N`` the train and
+``make_train_fn`` wraps weaver's own ``train_classification`` (or ``train_regression``). It receives the model and
+the loss weaver built, so it binds the loss to the model's auxiliary-loss channel there (``AuxLoss.bind``): no
+module-level state links ``get_model`` to ``get_loss``. After each epoch it writes the DSA statistics per layer to
+weaver's log and (with ``--tensorboard``) to the tensorboard writer. With ``-o seed N`` the train and
 evaluate hooks also reseed every epoch and make ``--load-epoch`` exact (see ``reproducibility``); every network
 config uses these hooks, so models without DSA statistics get the same seeding and resume repairs.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from .losses import AuxLoss
+from .losses import AuxLoss, find_aux_channel
 from .network import NonFiniteMask
 from .reproducibility import (
     TRAIN_STREAM,
@@ -31,55 +31,33 @@ from .reproducibility import (
     seed_option,
 )
 
-_LAST_MODEL: list[nn.Module] = []
-
-
-def register_model(model: nn.Module) -> nn.Module:
-    """Remember ``model`` (the one weaver will train) for ``bind_loss``."""
-    _LAST_MODEL[:] = [model]
-    return model
-
-
-def registered_model() -> nn.Module:
-    """The model registered last; a clear error when ``get_loss`` runs before ``get_model``."""
-    if not _LAST_MODEL:
-        raise RuntimeError("weaver_hooks: no model registered; get_model must run before get_loss")
-    return _LAST_MODEL[0]
-
-
-def find_dsa_model(model: nn.Module) -> nn.Module | None:
-    """The module with DSA statistics inside weaver's wrappers (DataParallel, torch.compile, JetTagger)."""
-    for module in model.modules():
-        if hasattr(module, "epoch_stats") and hasattr(module, "pop_aux_loss"):
-            return module
-    return None
-
-
-def bind_loss(base: nn.Module | None = None) -> AuxLoss:
-    """The loss weaver uses: task loss + the registered model's auxiliary DSA terms."""
-    dsa = find_dsa_model(registered_model())
-    if dsa is None:
-        raise RuntimeError("weaver_hooks: the registered model has no DSA module (pop_aux_loss/epoch_stats)")
-    return AuxLoss(dsa, base=base)
-
+__all__ = [
+    "install_one_line_errors",
+    "log_epoch",
+    "log_nonfinite",
+    "make_evaluate_fn",
+    "make_train_fn",
+    "network_hooks",
+]
 
 def log_epoch(model: nn.Module, loss_func: Any, epoch: int, tb_helper: Any = None) -> dict[str, float]:
     """Log DSA statistics of the epoch (per layer) and the mean aux loss; returns the flat dict written."""
     from weaver.utils.logger import _logger
 
-    dsa = find_dsa_model(model)
-    if dsa is None:
+    found = find_aux_channel(model)
+    if found is None or not found[0].cfg.sparse_layers:
         return {}
-    flat: dict[str, float] = {"dsa/step": float(dsa.dsa_step) if hasattr(dsa, "dsa_step") else 0.0,
+    dsa, channel = found
+    flat: dict[str, float] = {"dsa/step": float(dsa.dsa_step),
                               "dsa/kept_fraction_schedule": dsa.current_kept_fraction()}
     if isinstance(loss_func, AuxLoss) and loss_func.running["steps"]:
         run = loss_func.running
         flat["dsa/task_loss"] = run["task"] / run["steps"]
         flat["dsa/aux_loss"] = run["aux"] / max(run["aux_steps"], 1)
         loss_func.reset_running()
-    for name, value in getattr(dsa, "aux_terms", {}).items():
+    for name, value in channel.last_terms.items():
         flat[f"dsa/last_{name}"] = value
-    for layer, stats in dsa.epoch_stats(reset=True).items():
+    for layer, stats in channel.epoch_stats(reset=True).items():
         for name, value in stats.items():
             flat[f"dsa/layer{layer}/{name}"] = value
     _logger.info("DSA epoch %d: %s", epoch, ", ".join(f"{k}={v:.6g}" for k, v in flat.items()))
@@ -124,6 +102,8 @@ def make_train_fn(task: str = "classification", *, seed: int | None = None) -> C
     base = tools.train_regression if task == "regression" else tools.train_classification
 
     def train(model, loss_func, opt, scheduler, train_loader, dev, epoch, **kwargs):  # weaver's signature
+        if isinstance(loss_func, AuxLoss):
+            loss_func.bind(model)
         repair_resume(model, opt, scheduler, args=_weaver_args(kwargs), epoch=epoch)
         if seed is not None:
             begin_epoch(train_loader, seed=seed, epoch=epoch, stream=TRAIN_STREAM,

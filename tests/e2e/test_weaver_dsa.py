@@ -10,9 +10,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import uproot
-from weaver.utils.dataset import DataConfig
-from weaver.utils.import_tools import import_module
 
+from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from tests.helpers import run_weaver, weaver_batch
 from weaver_ext.checkpoint import load_checkpoint
@@ -121,8 +120,8 @@ def test_resume_continues_the_schedule(trained, jet_files, tmp_path):
 
 @pytest.mark.slow
 def test_export_onnx_topk_matches_pytorch(jet_files, tmp_path):
-    network = import_module(str(NETWORK), name="_e2e_dsa_network")
-    data_config = DataConfig.load(str(DATA_CONFIG), load_observers=False)
+    network = import_network_config(NETWORK, name="_e2e_dsa_network")
+    data_config = load_data_config(DATA_CONFIG)
     options = {k: eval(v) for k, v in TOPK_OPTS.items()}  # noqa: S307 - literals written above
     torch.manual_seed(5)
     model, info = network.get_model(data_config, **options)

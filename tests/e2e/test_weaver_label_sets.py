@@ -4,7 +4,7 @@
   ``labels: type: custom`` (188 classes, ``-o num_classes 188``). Its ``weights:`` section is dropped: weaver's
   reweighting histograms crash on 100 jets (``zero-size array to reduction operation minimum``).
 - TopLandscape layout (published ``top_kin.yaml``: labels ``jet_isTop``/``jet_isQCD`` from a ``label`` branch),
-  written from generated top and QCD jets; ``profiling.metrics`` quotes 1/eB at eS = 50% and 30%.
+  written from generated top and QCD jets; ``evaluation.metrics`` quotes 1/eB at eS = 50% and 30%.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 import uproot
 import yaml
 
-from profiling import loading, metrics
+from evaluation import metrics
+from profiling import loading
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_weaver
 

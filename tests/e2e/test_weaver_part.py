@@ -7,9 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import uproot
-from weaver.utils.dataset import DataConfig
-from weaver.utils.import_tools import import_module
 
+from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from tests.helpers import run_weaver, weaver_batch
 from weaver_ext.checkpoint import load_checkpoint
@@ -72,8 +71,8 @@ def test_export_onnx_matches_pytorch(trained, jet_files):
          trained / "net_epoch-0_state.pt", "--export-onnx", onnx_path],
         cwd=trained,
     )
-    network = import_module(str(NETWORK), name="_e2e_part_network")
-    data_config = DataConfig.load(str(DATA_CONFIG), load_observers=False)
+    network = import_network_config(NETWORK, name="_e2e_part_network")
+    data_config = load_data_config(DATA_CONFIG)
     options = {k: eval(v) for k, v in TINY_OPTS.items()}  # noqa: S307 - literals written above
     model, info = network.get_model(data_config, for_inference=True, **options)
     load_checkpoint(model, trained / "net_epoch-0_state.pt").eval()

@@ -1,5 +1,5 @@
 """The real ``weaver --regression-mode`` trains and predicts networks/track_transformer.py on generated muon events,
-and profiling.regression_metrics reads the prediction."""
+and evaluation.regression_metrics reads the prediction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import uproot
 
 from data.generate_tracks import generate_tracks
-from profiling.regression_metrics import main as metrics_main
+from evaluation.regression_metrics import main as metrics_main
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_weaver
 

@@ -1,6 +1,5 @@
-"""The real ``weaver`` CLI trains each attention-variant network config (networks/diff_part.py,
-networks/transformer.py) for one epoch on generated Pythia jets; the slow tests cover every option alone,
-prediction and ONNX export."""
+"""The real ``weaver`` CLI trains the ParT family with every refinement at once for one epoch on generated Pythia
+jets; the slow tests cover every option alone, prediction and ONNX export."""
 
 from __future__ import annotations
 
@@ -10,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import uproot
-from weaver.utils.dataset import DataConfig
-from weaver.utils.import_tools import import_module
 
+from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from tests.helpers import run_weaver, weaver_batch
 from weaver_ext.checkpoint import load_checkpoint
@@ -57,15 +55,16 @@ def _check_trained(run: Path) -> None:
 
 
 def _reload(network: str, options: dict[str, str], checkpoint: Path) -> tuple[torch.nn.Module, dict]:
-    module = import_module(str(REPO_ROOT / "networks" / network), name=f"_e2e_{network[:-3]}")
-    data_config = DataConfig.load(str(DATA_CONFIG), load_observers=False)
+    module = import_network_config(REPO_ROOT / "networks" / network, name=f"_e2e_{network[:-3]}")
+    data_config = load_data_config(DATA_CONFIG)
     parsed = {k: eval(v) for k, v in options.items()}  # noqa: S307 - literals written above
     model, info = module.get_model(data_config, for_inference=True, **parsed)
     return load_checkpoint(model, checkpoint).eval(), info
 
 
-@pytest.mark.parametrize("network,options", [("diff_part.py", TINY), ("transformer.py", {**TINY, **ALL_OPTIONS})],
-                         ids=["diff_part", "transformer-all-options"])
+# every network config alone: tests/e2e/test_weaver_every_network.py; here all refinements at once
+@pytest.mark.parametrize("network,options", [("transformer.py", {**TINY, **ALL_OPTIONS})],
+                         ids=["transformer-all-options"])
 def test_weaver_trains_variant(jet_files, tmp_path, network, options):
     run = _train(jet_files, tmp_path, network, options)
     _check_trained(run)
@@ -83,8 +82,9 @@ def test_weaver_trains_each_transformer_option(jet_files, tmp_path, options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("network,options", [("diff_part.py", TINY), ("transformer.py", {**TINY, **ALL_OPTIONS})],
-                         ids=["diff_part", "transformer-all-options"])
+# every network config alone: tests/e2e/test_weaver_every_network.py; here all refinements at once
+@pytest.mark.parametrize("network,options", [("transformer.py", {**TINY, **ALL_OPTIONS})],
+                         ids=["transformer-all-options"])
 def test_weaver_predicts_and_exports(jet_files, tmp_path, network, options):
     run = _train(jet_files, tmp_path, network, options)
     out = run / "pred.root"

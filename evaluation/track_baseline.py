@@ -2,20 +2,21 @@
 
 Direction = principal axis of the hit-position covariance with weights q**4, with its sign chosen so that hit time
 increases along it; entry point = the early-side intersection of the fitted line with the sphere. Evaluated with
-the same metrics as the networks. Usage: ``python -m profiling.track_baseline FILE.root [FILE ...]``.
+the same metrics as the networks. Usage: ``python -m evaluation.track_baseline FILE.root [FILE ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from profiling.regression_metrics import DEFAULT_POSITION_SCALE_M, format_metrics, track_metrics
+from evaluation.regression_metrics import DEFAULT_POSITION_SCALE_M, report_metrics, track_metrics
+
+__all__ = ["BaselineConfig", "evaluate_baseline", "fit_file", "fit_track", "main"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         metrics = evaluate_baseline(args.files, cfg=BaselineConfig(charge_power=args.charge_power))
     except ValueError as err:
         ap.error(str(err))
-    print(format_metrics(metrics))
-    if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return report_metrics(metrics, args.out)
 
 
 if __name__ == "__main__":

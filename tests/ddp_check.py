@@ -4,13 +4,13 @@ weaver-core 0.5.3 wraps the model in ``DistributedDataParallel(model, find_unuse
 ``SyncBatchNorm.convert_sync_batchnorm``; a model that leaves a parameter without gradient in a step fails there.
 ``run_ddp_check`` spawns ``world_size`` processes, trains every case for a few steps on different data per rank and
 reports, per case, whether every parameter got a gradient and whether the parameters stay identical across ranks.
-CLI: ``python -m weaver_ext.ddp_check networks/part.py data/JetClass/JetClass_kin.yaml -o num_layers 1``.
+CLI: ``python -m tests.ddp_check networks/part.py data/JetClass/JetClass_kin.yaml -o num_layers 1``.
+A test tool, not part of the ``weaver_ext`` library: it builds every case through its network config only.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import tempfile
@@ -24,6 +24,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from profiling import loading
+
+__all__ = ["DDPCase", "DDPResult", "main", "run_ddp_check"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,27 +65,20 @@ def _resolve(path: str) -> str:
 
 def _jet_batch(data_config: Any, *, batch_size: int, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Random-but-physical JetClass-layout jets (5-20 particles in 24 slots) and random class labels."""
-    from profiling.loading import synthetic_inputs
-
-    inputs = synthetic_inputs(data_config, batch_size=batch_size, multiplicity=(5, 20), seed=seed, length=24)
+    inputs = loading.synthetic_inputs(data_config, batch_size=batch_size, multiplicity=(5, 20), seed=seed, length=24)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, len(data_config.label_value), (batch_size,), generator=gen)
     return [inputs[k] for k in data_config.input_names], labels
 
 
-def _track_batch(*, batch_size: int, seed: int, length: int = 32) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Random hit events shaped like data/Tracks/tracks.yaml inputs (PMTs on a sphere, time, log charge) + targets."""
-    g = torch.Generator().manual_seed(seed)
-    n_real = torch.randint(length // 2, length + 1, (batch_size,), generator=g)
-    xyz = nn.functional.normalize(torch.randn(batch_size, 3, length, generator=g), dim=1) * 1.1
-    t = torch.rand(batch_size, 1, length, generator=g) * 3
-    logq = torch.randn(batch_size, 1, length, generator=g)
-    mask = (torch.arange(length).view(1, 1, -1) < n_real.view(-1, 1, 1)).float()
-    points = torch.cat((xyz, t), 1) * mask
-    features = torch.cat((xyz, t - 1, logq), 1) * mask
+def _track_batch(data_config: Any, *, batch_size: int, seed: int,
+                 length: int = 32) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Random hit events (half to all of ``length`` slots real) and random (entry point, direction) targets."""
+    inputs = loading.synthetic_hits(batch_size=batch_size, length=length, hits=(length // 2, length), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
     target = torch.cat((nn.functional.normalize(torch.randn(batch_size, 3, generator=g), dim=1),
                         nn.functional.normalize(torch.randn(batch_size, 3, generator=g), dim=1)), 1)
-    return [points, features, mask], target
+    return [inputs[k] for k in data_config.input_names], target
 
 
 def _flat_params(model: nn.Module) -> torch.Tensor:
@@ -97,17 +94,16 @@ def _max_rank_diff(flat: torch.Tensor) -> float:
 
 def _run_case(case: DDPCase, result: DDPResult, *, rank: int, steps: int, batch_size: int) -> DDPResult:
     """Build, wrap and train one case, filling ``result`` as it goes; every rank runs it (collectives inside)."""
-    from weaver.utils.dataset import DataConfig
-    from weaver.utils.import_tools import import_module
-
-    data_config = DataConfig.load(_resolve(case.data_config), load_observers=False)
-    network = import_module(_resolve(case.network), name=f"_ddp_check_{case.name}")
+    data_config = loading.load_data_config(_resolve(case.data_config))
+    network = loading.import_network_config(_resolve(case.network), name=f"_ddp_check_{case.name}")
     torch.manual_seed(1000 + rank)  # different initial weights per rank: DDP must broadcast rank 0's
     model, _ = network.get_model(data_config, **case.options)
     loss_func = network.get_loss(data_config, **case.options)
     if case.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)  # as weaver-core 0.5.3
+    if hasattr(loss_func, "bind"):  # what weaver_ext's training hook does with the model weaver trains
+        loss_func.bind(ddp)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     result.num_params = sum(p.numel() for p in model.parameters())
     result.max_param_diff = _max_rank_diff(_flat_params(model))
@@ -117,7 +113,7 @@ def _run_case(case: DDPCase, result: DDPResult, *, rank: int, steps: int, batch_
     for step in range(steps):
         seed = 7919 * (rank + 1) + step  # different data on each rank and step
         if case.inputs == "tracks":
-            inputs, label = _track_batch(batch_size=batch_size, seed=seed)
+            inputs, label = _track_batch(data_config, batch_size=batch_size, seed=seed)
         else:
             inputs, label = _jet_batch(data_config, batch_size=batch_size, seed=seed)
         opt.zero_grad(set_to_none=True)
@@ -190,15 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("network", help="network config file, e.g. networks/part.py")
     parser.add_argument("data_config", help="weaver data config, e.g. data/JetClass/JetClass_kin.yaml")
-    parser.add_argument("-o", "--network-option", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="network option as for weaver (Python literal values)")
+    loading.add_network_option_argument(parser)
     parser.add_argument("--inputs", choices=["jets", "tracks"], default="jets")
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sync-batchnorm", action="store_true", help="convert to SyncBatchNorm (fails on CPU)")
     args = parser.parse_args(argv)
-    options = {k: ast.literal_eval(v) for k, v in args.network_option}
+    try:
+        options = loading.parse_network_options(args.network_option)
+    except ValueError as err:
+        parser.error(str(err))
     case = DDPCase(name=Path(args.network).stem, network=args.network, data_config=args.data_config,
                    options=options, inputs=args.inputs, sync_batchnorm=args.sync_batchnorm)
     (result,) = run_ddp_check([case], world_size=args.world_size, steps=args.steps, batch_size=args.batch_size)

@@ -4,7 +4,7 @@ Reads the ROOT file that ``weaver --predict --regression-mode`` writes (tree ``E
 (N, 6) branch ``output`` and the label as an (N, 6) branch named after the data config's label, ``target`` for
 data/Tracks/tracks.yaml). Columns are (x0/R, y0/R, z0/R, dx, dy, dz); positions are multiplied by
 ``position_scale`` (R = 17.7 m by default) to report metres. Usage:
-``python -m profiling.regression_metrics PRED.root [--out metrics.json]``.
+``python -m evaluation.regression_metrics PRED.root [--out metrics.json]``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from evaluation.metrics import prediction_tree
+
+__all__ = ["DEFAULT_POSITION_SCALE_M", "QUANTILE", "angle_deg", "format_metrics", "load_predictions", "main",
+           "normalise_directions", "report_metrics", "track_metrics"]
 
 DEFAULT_POSITION_SCALE_M = 17.7  # data/Tracks/tracks.yaml divides entry points by the sphere radius
 QUANTILE = 0.68
@@ -87,10 +92,7 @@ def load_predictions(path: str | Path, *, label: str | None = None, output: str 
     if not path.is_file():
         raise ValueError(f"prediction file not found: {path}")
     with uproot.open(path) as f:
-        trees = [k for k, c in f.classnames().items() if c == "TTree"]
-        if not trees:
-            raise ValueError(f"{path} holds no TTree (is it a weaver --predict output?)")
-        tree = f["Events"] if any(k.split(";")[0] == "Events" for k in trees) else f[trees[0]]
+        tree = prediction_tree(f, path)
         names = set(tree.keys())
         if output not in names:
             raise ValueError(f"{path} has no '{output}' branch; branches: {sorted(names)}")
@@ -119,6 +121,14 @@ def format_metrics(metrics: dict) -> str:
     )
 
 
+def report_metrics(metrics: dict, out: str | Path | None) -> dict:
+    """Print the summary of track metrics and, with ``out``, write them there as JSON; returns ``metrics``."""
+    print(format_metrics(metrics))
+    if out:
+        Path(out).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """CLI: read a predict file, print the metrics, optionally write them as JSON."""
     ap = argparse.ArgumentParser(description="Angular and entry-point resolution of a weaver track-regression "
@@ -135,10 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         metrics = track_metrics(true, pred, position_scale=args.position_scale)
     except ValueError as err:
         ap.error(str(err))
-    print(format_metrics(metrics))
-    if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+    return report_metrics(metrics, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ signal efficiencies with the discriminant ``score_S / (score_S + score_B)``:
 - TopLandscape: ``jet_isTop`` against ``jet_isQCD`` at eS = 50% and 30% (top-tagging comparison, arXiv:1902.09914);
 - QuarkGluon: ``jet_isQ`` against ``jet_isG`` at eS = 50% and 30% (ParT paper, arXiv:2202.03772).
 
-Usage: ``python -m profiling.metrics PRED.root [--out metrics.json]``
+Usage: ``python -m evaluation.metrics PRED.root [--out metrics.json]``
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+__all__ = [
+    "CUSTOM_SCORES", "LABEL_SCHEMES", "SCORE_PREFIX", "LabelScheme", "compute_metrics", "format_metrics",
+    "label_scheme", "main", "metrics_from_file", "prediction_tree", "read_predictions", "rejection_at",
+    "rejection_text",
+]
 
 SCORE_PREFIX = "score_"
 CUSTOM_SCORES = ("output", "scores")  # weaver's save_root / save_parquet names for custom-label scores
@@ -76,15 +82,21 @@ def _parquet_columns(path: str | Path) -> tuple[list[str], list[Any]]:
     return list(table.fields), [table[f] for f in table.fields]
 
 
+def prediction_tree(file: Any, path: str | Path, treename: str | None = None) -> Any:
+    """The tree of an open (uproot) weaver prediction file: ``treename``, else ``Events``, else its first TTree."""
+    trees = [k.split(";")[0] for k, cls in file.classnames().items() if cls == "TTree"]
+    name = treename or ("Events" if "Events" in trees else (trees[0] if trees else None))
+    if name is None or name not in trees:
+        raise ValueError(f"{path}: no TTree {treename or 'Events'!r} (trees: {trees}); "
+                         "is it a weaver --predict output?")
+    return file[name]
+
+
 def _root_arrays(path: str | Path, treename: str | None) -> dict[str, np.ndarray]:
     import uproot
 
     with uproot.open(path) as f:
-        trees = [k.split(";")[0] for k, cls in f.classnames().items() if cls == "TTree"]
-        name = treename or ("Events" if "Events" in trees else (trees[0] if trees else None))
-        if name is None or name not in trees:
-            raise ValueError(f"{path}: no TTree {treename or 'Events'!r} (trees: {trees})")
-        return f[name].arrays(library="np")
+        return prediction_tree(f, path, treename).arrays(library="np")
 
 
 def _simple_labels(path: str | Path, arrays: dict[str, np.ndarray],
@@ -219,8 +231,8 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m profiling.metrics PRED.root|PRED.parquet [--out metrics.json]``."""
-    p = argparse.ArgumentParser(prog="python -m profiling.metrics", description=__doc__.splitlines()[0])
+    """CLI: ``python -m evaluation.metrics PRED.root|PRED.parquet [--out metrics.json]``."""
+    p = argparse.ArgumentParser(prog="python -m evaluation.metrics", description=__doc__.splitlines()[0])
     p.add_argument("prediction")
     p.add_argument("--out", help="write metrics JSON here (e.g. into a profiling run directory)")
     args = p.parse_args(argv)
