@@ -1,7 +1,7 @@
 """Benchmark: weaver-core 0.5.3's ParticleTransformer vs our fast inference path, same weights, same jets.
 
-``python -m profiling.bench [--input 'DIR/*.root'] [--data-config ...] [--batch-size 256] [--threads 2]
-[--dtype fp32|bf16] [--device cpu|cuda] [--weights STATE.pt]``
+``python -m profiling.bench [--part-version 3] [--input 'DIR/*.root'] [--data-config ...] [--batch-size 256]
+[--threads 2] [--dtype fp32|bf16] [--device cpu|cuda] [--weights STATE.pt]``
 
 Both models see the same batches of real generated jets (weaver's own preprocessing), in alternating timed passes.
 Prints jets/s of both, the ratio, the max |difference| of the softmax outputs and the argmax agreement. This is a
@@ -27,7 +27,7 @@ from weaver_ext.checkpoint import check_state_dict, read_state_dict
 from weaver_ext.config import from_options
 from weaver_ext.fast_inference import FastInferenceConfig, FastParT
 from weaver_ext.part import ParticleTransformer
-from weaver_ext.part_config import ParTConfig
+from weaver_ext.part_config import ParTConfig, version_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +45,17 @@ class BenchConfig:
     bucket_size: int = 32
     weights: str | None = None
     seed: int = 0
+    part_version: float = 1  # weaver-core's ParticleTransformer(version=...), ours with -o part_version
 
 
 def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.device):
     """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and ours with the same weights."""
     torch.manual_seed(cfg.seed)
-    ours_cfg = from_options(ParTConfig, {}, where="profiling/bench.py", input_dim=input_dim, num_classes=num_classes)
+    options = {"part_version": cfg.part_version}
+    ours_cfg = from_options(ParTConfig, options, where="profiling/bench.py", input_dim=input_dim,
+                            num_classes=num_classes, defaults=version_defaults(options, None, where="--part-version"))
     # built as the published recipe builds it (example_ParticleTransformer.py), which our defaults reproduce
-    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=1,
+    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=cfg.part_version,
                            use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair)
     if cfg.weights:
         state = read_state_dict(cfg.weights)
@@ -147,7 +150,7 @@ def format_result(r: dict) -> str:
         f"device: {r['device']} ({r['cpu_capability']}), threads={c['threads']}, batch={c['batch_size']}, "
         f"dtype={c['dtype']}, jets={r['jets']} (multiplicity mean {r['multiplicity_mean']:.1f}, "
         f"max {r['multiplicity_max']:.0f})",
-        f"weaver-core ParT fp32 : {r['weaver_jets_per_s']:8.1f} jets/s",
+        f"weaver-core ParT fp32 : {r['weaver_jets_per_s']:8.1f} jets/s   (version {c['part_version']:g} for both)",
         f"weaver_ext fast {c['dtype']:5s}: {r['ours_jets_per_s']:8.1f} jets/s",
         f"ratio                 : {r['ratio']:8.2f}",
         f"max |d softmax|       : {r['max_abs_diff_softmax']:.2e}   argmax agreement: {r['argmax_agreement']:.4f}"
@@ -176,13 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--bucket-size", type=int, default=32)
     p.add_argument("--weights", help="state_dict of weaver-core's ParticleTransformer (a 'mod.' prefix is removed)")
+    p.add_argument("--part-version", type=float, default=1.0, choices=[1.0, 2.0, 3.0, 3.5, 3.6],
+                   help="weaver-core ParT version, ours built with the same -o part_version")
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     files = expand_input_files(args.input) if args.input else _default_files(seed=11)
     cfg = BenchConfig(
         files=tuple(files), data_config=args.data_config, batch_size=args.batch_size, num_batches=args.num_batches,
         repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
-        bucket_size=args.bucket_size, weights=args.weights,
+        bucket_size=args.bucket_size, weights=args.weights, part_version=args.part_version,
     )
     result = run_bench(cfg)
     print(format_result(result))

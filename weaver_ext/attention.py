@@ -17,6 +17,7 @@ from torch import nn
 from .backends import check_backend, get_backend
 from .context import ForwardContext, ValueResidual
 from .maps import SoftmaxMaps
+from .norms import NormKind, make_norm
 
 __all__ = [
     "AttentionCore",
@@ -117,7 +118,8 @@ class MultiheadAttention(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True,
-                 backend: str = "sdpa", core: AttentionCore | None = None) -> None:
+                 backend: str = "sdpa", core: AttentionCore | None = None, qk_norm: bool = False,
+                 gate: bool = False, norm: NormKind = "layernorm") -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
@@ -127,6 +129,9 @@ class MultiheadAttention(nn.Module):
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.value_gate: nn.Linear | None = None  # per-token, per-head gate of the value residual (later layers)
+        self.q_norm = make_norm(norm, self.head_dim) if qk_norm else None  # ParT v3.5+: one weight for all heads
+        self.k_norm = make_norm(norm, self.head_dim) if qk_norm else None
+        self.gate_proj = nn.Linear(embed_dim, embed_dim, bias=bias) if gate else None  # ParT v3.5+ output gate
         self.core = core if core is not None else DenseCore(backend=backend, dropout=dropout)
         self._register_load_state_dict_pre_hook(legacy_core_keys)
 
@@ -176,10 +181,14 @@ class MultiheadAttention(nn.Module):
         ctx = ForwardContext() if ctx is None else ctx
         key = query if key is None else key
         q, k, v = self.project_qkv(query, key)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if ctx.value_residual is not None and key is query:
             v = self.mix_values(v, query, ctx.value_residual)
         out = self.core(q, k, v, bias=bias, key_padding_mask=key_padding_mask, x=query, ctx=ctx)  # (B, H, Lq, D)
         out = out.transpose(1, 2).reshape(query.size(0), query.size(1), self.embed_dim)
+        if self.gate_proj is not None:
+            out = out * torch.sigmoid(self.gate_proj(query))
         return self.out_proj(out)
 
 

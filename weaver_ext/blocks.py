@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from weaver.nn.model.ParticleTransformer import DropPath
 
 from .attention import MultiheadAttention
 from .context import ForwardContext
+from .norms import make_norm
 from .part_config import BlocksConfig
 
-__all__ = ["Block", "BlockConfig", "LayerScale"]
+__all__ = ["Block", "BlockConfig", "LayerScale", "attention_options"]
 
 Tensor = torch.Tensor
 
@@ -24,12 +26,16 @@ Tensor = torch.Tensor
 @dataclass(frozen=True)
 class BlockConfig:
     """One block: the model's block options (``part_config.BlocksConfig``), its width, and the backend of its
-    default softmax attention. ParT version 1's scalings (post-attention and FFN LayerNorms, per-head and residual
-    scales) are always on."""
+    default softmax attention."""
 
     options: BlocksConfig = field(default_factory=BlocksConfig)
     embed_dim: int = 128
     attn_backend: str = "sdpa"
+
+
+def attention_options(options: BlocksConfig) -> dict:
+    """The ``MultiheadAttention`` arguments the block options set (biases, QK-norm, output gate, norm type)."""
+    return {"bias": options.bias, "qk_norm": options.qk_norm, "gate": options.attn_gate, "norm": options.norm}
 
 
 class LayerScale(nn.Module):
@@ -53,24 +59,27 @@ class Block(nn.Module):
         dim, ffn_dim = cfg.embed_dim, cfg.embed_dim * opts.ffn_ratio
         self.num_heads = opts.num_heads
         self.head_dim = dim // opts.num_heads
-        self.pre_attn_norm = nn.LayerNorm(dim)
+        scales = opts.block_scales
+        self.pre_attn_norm = make_norm(opts.norm, dim)
         self.attn = attention or MultiheadAttention(dim, opts.num_heads, dropout=opts.attn_dropout,
-                                                    backend=cfg.attn_backend)
-        self.post_attn_norm = nn.LayerNorm(dim)
+                                                    backend=cfg.attn_backend, **attention_options(opts))
+        self.post_attn_norm = make_norm(opts.norm, dim) if scales else nn.Identity()
         self.dropout = nn.Dropout(opts.dropout)
-        self.pre_fc_norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, ffn_dim)
-        self.fc1_g = nn.Linear(dim, ffn_dim) if opts.ffn_activation == "swiglu" else None
+        self.pre_fc_norm = make_norm(opts.norm, dim)
+        self.fc1 = nn.Linear(dim, ffn_dim, bias=opts.bias)
+        self.fc1_g = nn.Linear(dim, ffn_dim, bias=opts.bias) if opts.ffn_activation == "swiglu" else None
         self.act = {"gelu": nn.GELU, "relu": nn.ReLU, "swiglu": nn.SiLU}[opts.ffn_activation]()
         self.act_dropout = nn.Dropout(opts.activation_dropout)
-        self.post_fc_norm = nn.LayerNorm(ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.post_fc_norm = make_norm(opts.norm, ffn_dim) if scales else nn.Identity()
+        self.fc2 = nn.Linear(ffn_dim, dim, bias=opts.bias)
         if opts.layer_scale_init is not None:
             self.ls1, self.ls2 = LayerScale(dim, opts.layer_scale_init), LayerScale(dim, opts.layer_scale_init)
         else:
             self.ls1, self.ls2 = nn.Identity(), nn.Identity()
-        self.c_attn = nn.Parameter(torch.ones(opts.num_heads))
-        self.w_resid = nn.Parameter(torch.ones(dim))
+        self.drop_path1 = DropPath(opts.drop_path) if opts.drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(opts.drop_path) if opts.drop_path > 0 else nn.Identity()
+        self.c_attn = nn.Parameter(torch.ones(opts.num_heads)) if scales else None
+        self.w_resid = nn.Parameter(torch.ones(dim)) if scales else None
 
     def _attention(self, x: Tensor, x_cls: Tensor | None, padding_mask: Tensor | None, bias: Tensor | None,
                    ctx: ForwardContext | None) -> Tensor:
@@ -109,8 +118,8 @@ class Block(nn.Module):
         h = self._attention(x, x_cls, padding_mask, bias, ctx)
         if self.c_attn is not None:
             h = (h.unflatten(-1, (self.num_heads, self.head_dim)) * self.c_attn[:, None]).flatten(-2)
-        h = self.ls1(self.dropout(self.post_attn_norm(h)))
+        h = self.drop_path1(self.ls1(self.dropout(self.post_attn_norm(h))))
         x = h + residual
 
         residual = x if self.w_resid is None else x * self.w_resid
-        return self.ls2(self._mlp(x)) + residual
+        return self.drop_path2(self.ls2(self._mlp(x))) + residual

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import OptionError, from_options
 from .part import ParticleTransformer, masked_vector_like
-from .part_config import ParTConfig, upgrade_options
+from .part_config import ParTConfig, upgrade_options, version_defaults
 
 __all__ = ["JET_INPUTS", "TAGGER_OPTIONS", "CountsNonFinite", "JetTagger", "NonFiniteMask", "build_part_tagger",
            "check_inputs", "check_jet_inputs", "jet_model_info", "nonfinite_mask", "resolve_num_classes"]
@@ -178,6 +178,6 @@ def build_part_tagger(data_config: Any, options: dict[str, Any], *, where: str,
     options = upgrade_options(options, where=where)
     nonfinite = nonfinite_mask(options, where=where)
     num_classes = resolve_num_classes(data_config, options, where=where)
-    cfg = from_options(ParTConfig, options, where=where, defaults=defaults,
+    cfg = from_options(ParTConfig, options, where=where, defaults=version_defaults(options, defaults, where=where),
                        input_dim=len(data_config.input_dicts["pf_features"]), num_classes=num_classes)
     return JetTagger(ParticleTransformer(cfg), nonfinite=nonfinite), jet_model_info(data_config)

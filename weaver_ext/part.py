@@ -30,13 +30,14 @@ from weaver.nn.model.ParticleTransformer import (
 
 from .attention import MultiheadAttention
 from .attention_kinds import build_core
-from .blocks import Block, BlockConfig
+from .blocks import Block, BlockConfig, attention_options
 from .config import config_with
 from .context import ForwardContext, ValueResidual
 from .dsa.attention import selected_pair_bias
 from .dsa.schedule import kept_fraction
 from .dsa.statistics import AuxChannel, summarize_records
 from .latent import LatentCrossAttention, LatentSelfAttention
+from .norms import make_norm
 from .part_config import ParTConfig
 from .positional import PositionalEncoding, local_attention_mask
 
@@ -91,9 +92,11 @@ class ParticleTransformer(nn.Module):
             else None
         )
         self._make_refinements(cfg)
-        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.norm = make_norm(cfg.blocks.norm, cfg.embed_dim)
         self.fc = self._make_head(cfg) if cfg.head.num_classes is not None else None
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if self.cls_blocks is not None else None
+        # the class token of the class-attention blocks, or the global token (ParT v3.6) of the particle blocks
+        uses_token = self.cls_blocks is not None or cfg.head.global_token
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if uses_token else None
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.trimmer = SequenceTrimmer(enabled=cfg.inference.trim and not self.for_inference,
@@ -117,7 +120,8 @@ class ParticleTransformer(nn.Module):
             return None
         return PairEmbed(pair_dim, extra, (*emb.pair_embed_dims, cfg.blocks.num_heads),
                          pairwise_lv_type=emb.pair_input_type, remove_self_pair=emb.remove_self_pair,
-                         use_pre_activation_pair=emb.use_pre_activation_pair, for_onnx=cfg.inference.for_inference,
+                         use_pre_activation_pair=emb.use_pre_activation_pair, use_bias=cfg.blocks.bias,
+                         for_onnx=cfg.inference.for_inference,
                          sparse_eval=(False, True) if cfg.inference.compile_model else (True, True))
 
     def make_block(self, index: int, *, cls_block: bool = False) -> Block:
@@ -125,7 +129,7 @@ class ParticleTransformer(nn.Module):
         cfg = self.cfg
         bc = block_config(cfg, cls_block=cls_block)
         core = build_core(cfg, layer=index, cls_block=cls_block)
-        attention = MultiheadAttention(bc.embed_dim, bc.options.num_heads, core=core)
+        attention = MultiheadAttention(bc.embed_dim, bc.options.num_heads, core=core, **attention_options(bc.options))
         block = Block(bc, attention=attention)
         if cfg.refine.value_residual and not cls_block and index > 0:
             block.attn.enable_value_residual()
@@ -155,7 +159,8 @@ class ParticleTransformer(nn.Module):
         layers: list[nn.Module] = []
         in_dim = cfg.embed_dim
         for out_dim, drop_rate in cfg.head.fc_params:
-            layers.append(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Dropout(drop_rate)))
+            layers.append(nn.Sequential(nn.Linear(in_dim, out_dim, bias=cfg.blocks.bias), nn.ReLU(),
+                                        nn.Dropout(drop_rate)))
             in_dim = out_dim
         layers.append(nn.Linear(in_dim, cfg.head.num_classes))
         return nn.Sequential(*layers)
@@ -231,10 +236,16 @@ class ParticleTransformer(nn.Module):
         if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None:
             pair_embed = self.pair_embed
             ctx.pair_fn = lambda idx, valid, start: selected_pair_bias(pair_embed, v, mask, idx, valid, start)
+        if self.cfg.head.global_token:  # ParT v3.6: first in the sequence, never masked, zero pair bias
+            x = torch.cat((self.cls_token.expand(x.size(0), -1, -1).to(x.dtype), x), dim=1)
+            padding_mask = F.pad(padding_mask, (1, 0), value=False)
+            bias = None if bias is None else F.pad(bias, (1, 0, 1, 0))
         particles = x = self.run_blocks(x, v, mask, padding_mask, bias, ctx=ctx)
         if self.latent_encoder is not None:
             x = self.latent_blocks(self.latent_encoder(x, padding_mask))
             padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+        if self.cfg.head.global_token:
+            particles = particles[:, 1:]
         return Encoded(tokens=x, padding_mask=padding_mask, particle_tokens=particles)
 
     @staticmethod
@@ -277,8 +288,10 @@ class ParticleTransformer(nn.Module):
         self.aux_channel.publish(loss, terms, ctx.records)
 
     def pool(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        """Class-attention pooling (or a masked mean when there are no class blocks), then LayerNorm."""
-        if self.latent_head is not None:
+        """Class-attention pooling, the global token, or a masked mean when there are no class blocks; then the norm."""
+        if self.cfg.head.global_token:
+            pooled = x[:, 0]
+        elif self.latent_head is not None:
             pooled = self.latent_head(x, padding_mask).mean(dim=1)
         elif self.cls_blocks is not None:
             token = self.cls_token.expand(x.size(0), -1, -1)

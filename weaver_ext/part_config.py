@@ -25,8 +25,10 @@ __all__ = [
     "InferenceConfig",
     "ParTConfig",
     "RefinementsConfig",
+    "PART_VERSIONS",
     "part_config",
     "upgrade_options",
+    "version_defaults",
 ]
 
 _PAIR_INPUT_DIMS = {"pp": 4, "ee": 6, "xyzt": 7}
@@ -80,6 +82,14 @@ class BlocksConfig:
     activation_dropout: float = 0.1
     layer_scale_init: float | None = None
     grad_checkpoint: bool = False  # torch.utils.checkpoint per particle block while training
+    # the switches that weaver-core's ParT versions 2-3.6 set (see PART_VERSIONS); defaults are version 1
+    part_version: float = 1  # weaver-core's ParticleTransformer(version=...): 1, 2, 3, 3.5 or 3.6 (sets defaults)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # every norm of the model (blocks, QK, final)
+    bias: bool = True  # biases of the attention, FFN, pair-embedding convolutions and hidden head layers
+    block_scales: bool = True  # ParT v1's post-attention/FFN LayerNorms, per-head and residual scales
+    drop_path: float = 0.0  # stochastic depth per block (training only)
+    qk_norm: bool = False  # norm over the head dimension of q and k
+    attn_gate: bool = False  # out *= sigmoid(gate_proj(query)), elementwise, before out_proj
     weight_init: Literal["moco", "timm"] | None = "moco"
     fix_init: bool = True
 
@@ -124,6 +134,7 @@ class HeadConfig:
     """Pooling and the output layers."""
 
     num_classes: int | None = None  # fixed by the data config (None: no head, the pooled token is the output)
+    global_token: bool = False  # a learned token first in the particle blocks, pooled instead of class attention
     head: Literal["class_attention", "latent"] = "class_attention"  # 'latent': head_queries averaged queries
     head_queries: int = 4
     fc_params: tuple[tuple[int, float], ...] = ()
@@ -164,6 +175,14 @@ class ParTConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(refine, name)}")
         if num_layers == 0 and (refine.num_registers or refine.value_residual or refine.attn_window or refine.attn_knn):
             raise ValueError("num_registers, value_residual, attn_window and attn_knn need num_layers > 0")
+        if self.blocks.part_version not in PART_VERSIONS:
+            raise ValueError(f"option part_version={self.blocks.part_version}: weaver-core's ParT versions are "
+                             f"{', '.join(f'{v:g}' for v in PART_VERSIONS)}")
+        if self.head.global_token and (self.blocks.num_cls_layers > 0 or self.head.head != "class_attention"
+                                       or refine.num_registers or refine.latent_tokens or refine.attn_window
+                                       or refine.attn_knn):
+            raise ValueError("global_token=True needs num_cls_layers=0 and no latent head, registers, latent tokens "
+                             "or local attention (the token is pooled itself and sees every particle)")
         if self.head.head == "latent" and self.blocks.num_cls_layers < 1:
             raise ValueError("head='latent' needs num_cls_layers >= 1 (the number of its cross-attention blocks)")
         layers = self.attn.attention_layers
@@ -189,6 +208,29 @@ class ParTConfig:
     def sparse_layers(self) -> tuple[int, ...]:
         """Particle blocks with sparse (DSA) attention."""
         return self.kind_layers if get_attention_kind(self.attn.kind).sparse else ()
+
+
+_V2 = {"ffn_activation": "swiglu", "block_scales": False}
+_V3 = {**_V2, "norm": "rmsnorm", "bias": False, "dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0,
+       "drop_path": 0.1}
+_V35 = {**_V3, "qk_norm": True, "attn_gate": True}
+# weaver-core 0.5.3 ParticleTransformer(version=V) as our options (weaver/nn/model/ParticleTransformer.py)
+PART_VERSIONS: dict[float, dict[str, Any]] = {
+    1: {},
+    2: _V2,
+    3: _V3,
+    3.5: _V35,
+    3.6: {**_V35, "global_token": True, "num_cls_layers": 0},
+}
+
+
+def version_defaults(options: dict[str, Any], defaults: dict[str, Any] | None, *, where: str) -> dict[str, Any]:
+    """A preset's ``defaults`` under the options that ``-o part_version V`` implies (explicit options win)."""
+    version = options.get("part_version", (defaults or {}).get("part_version", 1))
+    if isinstance(version, bool) or not isinstance(version, (int, float)) or version not in PART_VERSIONS:
+        raise OptionError(f"{where}: option 'part_version' must be one of "
+                          f"{', '.join(f'{v:g}' for v in PART_VERSIONS)}, got {version!r}")
+    return {**PART_VERSIONS[version], **(defaults or {})}
 
 
 def upgrade_options(options: dict[str, Any], *, where: str) -> dict[str, Any]:
@@ -217,4 +259,6 @@ def upgrade_options(options: dict[str, Any], *, where: str) -> dict[str, Any]:
 
 def part_config(**options: Any) -> ParTConfig:
     """A ``ParTConfig`` from flat options, as ``-o`` gives them (tests, scripts): ``part_config(num_layers=2)``."""
-    return from_options(ParTConfig, upgrade_options(options, where="part_config"), where="part_config")
+    options = upgrade_options(options, where="part_config")
+    return from_options(ParTConfig, options, where="part_config",
+                        defaults=version_defaults(options, None, where="part_config"))

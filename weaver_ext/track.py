@@ -22,7 +22,7 @@ from torch import nn
 from .config import from_options
 from .network import check_inputs
 from .part import ParticleTransformer
-from .part_config import ParTConfig, upgrade_options
+from .part_config import ParTConfig, upgrade_options, version_defaults
 
 __all__ = ["NUM_TARGETS", "TRACK_DEFAULTS", "TRACK_INPUTS", "HitPointerHead", "HitTracker", "TrackConfig",
            "TrackLoss", "TrackOptions", "TrackTransformer", "build_track_config", "build_track_loss",
@@ -88,7 +88,9 @@ class TrackConfig:
 def build_track_config(data_config: Any, options: dict[str, Any], *, where: str) -> TrackConfig:
     """TrackConfig from weaver ``-o`` options; input size, outputs and task are fixed by the data."""
     check_track_inputs(data_config, where=where)
-    return from_options(TrackConfig, upgrade_options(options, where=where), where=where, defaults=TRACK_DEFAULTS,
+    options = upgrade_options(options, where=where)
+    return from_options(TrackConfig, options, where=where,
+                        defaults=version_defaults(options, TRACK_DEFAULTS, where=where),
                         input_dim=len(data_config.input_dicts["hit_features"]), num_classes=NUM_TARGETS,
                         task="regression")
 

@@ -282,7 +282,8 @@ def validate_dsa(cfg: Any) -> None:
         return
     unsupported = [n for n, value in (("pair_extra_dim", cfg.embedding.resolved_pair_extra_dim),
                                       ("num_registers", cfg.refine.num_registers),
-                                      ("attn_window", cfg.refine.attn_window), ("attn_knn", cfg.refine.attn_knn))
+                                      ("attn_window", cfg.refine.attn_window), ("attn_knn", cfg.refine.attn_knn),
+                                      ("global_token", int(cfg.head.global_token)))
                    if value > 0]
     if unsupported:
         raise ValueError(f"DSA option dsa_mode='indexer' does not support {', '.join(unsupported)} > 0")

@@ -149,10 +149,6 @@ def gather_keys(x: Tensor, idx: Tensor) -> Tensor:
     return rows.view(*idx.shape, *x.shape[2:])
 
 
-def _chunk_budget() -> int:
-    return INDEXER_CHUNK_ELEMENTS  # read at call time, so a test can lower it
-
-
 @dataclass
 class Selection:
     """The keys each query attends to: idx (B, L, K), found (B, L, K) (False where fewer than K real keys were
@@ -187,7 +183,7 @@ def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: 
         per_query = batch * (max(heads, dim) * nblocks * block_size + heads * rows.size(1))
     else:
         per_query = batch * heads * length
-    chunk = max(1, min(length, _chunk_budget() // max(1, per_query)))
+    chunk = max(1, min(length, INDEXER_CHUNK_ELEMENTS // max(1, per_query)))
     idx_parts, found_parts, lse_parts = [], [], []
     for start in range(0, length, chunk):
         q, w = iq[:, :, start:start + chunk], iw[:, :, start:start + chunk]
