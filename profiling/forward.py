@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from profiling import flops as flops_mod
 from profiling import loading, measure, report
+from profiling.attention import attention_section
 
 __all__ = ["MemoryGuard", "ProfileConfig", "build_parser", "compare_models", "config_from_args", "forward_alloc_mb",
            "latency_vs_batch", "main", "min_input_length", "multiplicity_sweep", "prediction_summary", "run_profile",
@@ -54,6 +55,7 @@ class ProfileConfig:
     max_jets: int = 2048
     seed: int = 0
     quiet: bool = False
+    attention: bool = False  # attention structure per layer and head, and what DSA would save (profiling/attention)
 
 
 def _pick_profile_batch(cfg: ProfileConfig, batch_sizes: Sequence[int], guard: MemoryGuard) -> int:
@@ -279,7 +281,7 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
     pool, pool_desc = _input_pool(cfg, plan, data_config, max(max(cfg.batch_sizes), cfg.profile_batch or 1))
     comparing = bool(cfg.weights or cfg.compare_weights)
     phases = _Phases(t_start, ["latency", "profiler", "flops", "multiplicity", "subnormals"]
-                     + (["compare"] if comparing else []), quiet=cfg.quiet)
+                     + (["compare"] if comparing else []) + (["attention"] if cfg.attention else []), quiet=cfg.quiet)
 
     latencies, memory_notes, guard = latency_vs_batch(cfg, a.model, pool, names, device)
     batch_sizes = [r["batch_size"] for r in latencies]
@@ -313,6 +315,9 @@ def run_profile(cfg: ProfileConfig) -> dict[str, Any]:
                                device=cfg.device, for_inference=cfg.for_inference, seed=cfg.seed + 1)
         results["compare"] = compare_models(cfg, a, b, pinputs, device)  # A = --weights/random, B = other
         phases.done("compare")
+    if cfg.attention:
+        results["attention"] = attention_section(cfg, a, data_config, pinputs, out)
+        phases.done("attention")
     phases.bar.close()
     results["memory"]["cpu_peak_rss_mb"] = measure.peak_rss_mb()
     results["wall_time_s"] = time.perf_counter() - t_start
@@ -420,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--for-export", action="store_true",
                    help="build the model as weaver --export-onnx does (for_inference=True: no trimming, all slots) "
                         "instead of as weaver --predict does (default)")
+    p.add_argument("--attention", action="store_true",
+                   help="attention structure per layer and head (entropy, top-k mass, pair-bias share), trained "
+                        "against random, and what DSA would save (ParT-like models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -442,7 +450,7 @@ def config_from_args(args: argparse.Namespace) -> ProfileConfig:
         out_dir=args.out, options=loading.parse_network_options(args.network_option), threads=args.threads,
         min_run_time=args.min_run_time, ab_rounds=args.ab_rounds, always_ftz=args.ftz,
         for_inference=args.for_export,
-        seed=args.seed, quiet=args.quiet,
+        seed=args.seed, quiet=args.quiet, attention=args.attention,
     )
 
 

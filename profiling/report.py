@@ -11,8 +11,20 @@ from typing import Any
 
 from profiling.loading import fmt_si
 
-__all__ = ["PLOTS", "markdown", "plot_compare", "plot_multiplicity", "plot_ops", "plot_throughput", "terminal_summary",
-           "write_json", "write_plots", "write_report"]
+__all__ = [
+    "ATTENTION_PLOTS",
+    "PLOTS",
+    "markdown",
+    "plot_attention",
+    "plot_compare",
+    "plot_multiplicity",
+    "plot_ops",
+    "plot_throughput",
+    "terminal_summary",
+    "write_json",
+    "write_plots",
+    "write_report",
+]
 
 PLOTS = {
     "throughput_vs_batch": "throughput_vs_batch.png",
@@ -20,6 +32,10 @@ PLOTS = {
     "op_breakdown": "op_breakdown.png",
     "trained_vs_untrained": "trained_vs_untrained.png",
 }
+
+
+ATTENTION_PLOTS = {"entropy": "attention_entropy.png", "k_needed": "attention_k_needed.png",
+                   "example_maps": "attention_maps.png"}
 
 
 def _json_default(obj: Any) -> Any:
@@ -107,6 +123,44 @@ def plot_compare(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"B/A = {cmp['latency_ratio_B_over_A']:.3f} (95% CI {lo:.3f}-{hi:.3f})")
 
 
+def plot_attention(sides: dict[str, list], out: Path) -> list[str]:
+    """Attention structure, trained against random where both exist: per-layer entropy distributions, the top-k
+    needed for 90/95/99% of the mass, and one jet's map per layer (``sides``: label -> ``LayerResult`` list)."""
+    first = next(iter(sides.values()))
+    names = [f"L{i}" for i in range(len(first))]
+    with _figure(out / ATTENTION_PLOTS["entropy"], (1.2 + 0.9 * len(names), 3.5)) as ax:
+        for offset, color, (label, layers) in zip((-0.2, 0.2), ("tab:blue", "tab:orange"), sides.items(),
+                                                  strict=False):
+            pos = [i + 1 + offset for i in range(len(layers))]
+            parts = ax.violinplot([layer.query_entropy.numpy() for layer in layers], positions=pos, widths=0.35)
+            for body in parts["bodies"]:
+                body.set_facecolor(color)
+            for line in ("cmins", "cmaxes", "cbars"):
+                parts[line].set_color(color)
+            ax.plot([], [], color=color, linewidth=6, label=label)
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.set_ylabel("attention entropy per query [nats]")
+        ax.legend(fontsize=8)
+    with _figure(out / ATTENTION_PLOTS["k_needed"], (5, 3.5)) as ax:
+        for label, layers in sides.items():
+            for level, style in (("0.9", ":"), ("0.95", "-"), ("0.99", "--")):
+                ax.plot(names, [layer.summary["k_for_mass"][level] for layer in layers], style, marker="o",
+                        label=f"{label} {float(level):.0%}")
+        ax.set_ylabel("top-k keeping the mass")
+        ax.legend(fontsize=7)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(first), figsize=(2.2 * len(first), 2.4), squeeze=False)
+    for ax, name, layer in zip(axes[0], names, first, strict=True):
+        ax.imshow(layer.example_map.numpy(), cmap="viridis")
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(f"one jet, head-averaged attention ({next(iter(sides))})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / ATTENTION_PLOTS["example_maps"], dpi=100)
+    plt.close(fig)
+    return list(ATTENTION_PLOTS.values())
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[str]:
     """All PNGs that apply to this run; returns their file names."""
     written = []
@@ -146,6 +200,8 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{pred['mean_entropy']:.3f} (uniform: {pred['uniform_entropy']:.3f})"]
     if "compare" in results:
         parts += ["", _compare_md(results["compare"])]
+    if "attention" in results:
+        parts += ["", *_attention_md(results["attention"])]
     parts += ["", "## Plots"] + [f"![{k}]({v})" for k, v in PLOTS.items()
                                  if k != "trained_vs_untrained" or "compare" in results]
     return "\n".join(parts) + "\n"
@@ -236,6 +292,30 @@ def _flush_denormal_md(ftz: dict[str, Any]) -> list[str]:
         return [f"- `torch.set_flush_denormal(True)` latency ratio on/off: {ftz['ratio_on_over_off']:.3f} "
                 f"(95% CI {ftz['ratio_ci95'][0]:.3f}-{ftz['ratio_ci95'][1]:.3f})"]
     return [f"- flush-denormal timing skipped: {ftz['skipped']}"] if "skipped" in ftz else []
+
+
+def _attention_md(att: dict[str, Any]) -> list[str]:
+    """Per layer and side: entropy, effective number, top-k masses, pair-bias share; then what DSA would save."""
+    lines = ["## Attention structure", f"Particle blocks on {att['jets']} real jets (the modules read: "
+             "docs/profiling.md, Attention structure)."]
+    ks = [str(k) for k in att["ks"]]
+    for label, layers in att["sides"].items():
+        rows = [[layer["layer"], f"{layer['entropy']:.2f}", f"{layer['effective_number']:.1f}",
+                 *(f"{layer['topk_mass'][int(k)]:.3f}" for k in ks),
+                 "n/a" if layer["bias_share"] is None else f"{layer['bias_share']:.2f}",
+                 " / ".join(str(layer["k_for_mass"][lv]) for lv in ("0.9", "0.95", "0.99"))] for layer in layers]
+        lines += ["", f"### {label}", _table(["layer", "entropy", "exp(entropy)", *(f"top-{k} mass" for k in ks),
+                                              "pair-bias share", "k for 90/95/99%"], rows)]
+    if att.get("dsa"):
+        rows = [[r["mass"], r["layer"], r["topk"], f"{r['attention_flops_fraction']:.2f}",
+                 "n/a" if r["max_abs_diff_softmax"] is None else f"{r['max_abs_diff_softmax']:.2e}"]
+                for r in att["dsa"]]
+        lines += ["", f"### What DSA would save ({att['dsa_side']} weights)",
+                  "Per layer: that layer alone runs `dsa_topk` at its k; `all`: every layer at the largest k.",
+                  _table(["mass kept", "layer", "top-k", "attention work vs dense", "max |d softmax| of dsa_topk"],
+                         rows)]
+    lines += [""] + [f"![{name}]({name})" for name in att["plots"]]
+    return lines
 
 
 def _compare_md(cmp: dict[str, Any]) -> str:
