@@ -155,18 +155,23 @@ def k_for_mass(maps: LayerMaps, level: float) -> int:
     return int(reached[0]) + 1 if len(reached) else length
 
 
-def bias_share(maps: LayerMaps) -> float | None:
-    """Mean |pair bias| / (mean |q.k / sqrt(d)| + mean |pair bias|) over real (query, key) pairs; None: no bias."""
+def bias_share(maps: LayerMaps, *, per_head: bool = False) -> float | list[float] | None:
+    """Mean |pair bias| / (mean |q.k / sqrt(d)| + mean |pair bias|) over real (query, key) pairs, for the layer or
+    per head; None without a pair bias."""
     if maps.bias is None:
         return None
-    pairs = (maps.real[:, None, :, None] & maps.real[:, None, None, :]).expand_as(maps.qk)
-    qk, bias = maps.qk[pairs].abs().mean(), maps.bias[pairs].abs().mean()
-    return float(bias / (qk + bias).clamp(min=1e-12))
+    pairs = (maps.real[:, :, None] & maps.real[:, None, :]).unsqueeze(1).to(maps.qk.dtype)  # (B, 1, L, L)
+    dims = (0, 2, 3) if per_head else (0, 1, 2, 3)
+    qk = (maps.qk.abs() * pairs).sum(dims)
+    bias = (maps.bias.abs() * pairs).sum(dims)
+    share = bias / (qk + bias).clamp(min=1e-12)  # the pair counts cancel
+    return share.tolist() if per_head else float(share)
 
 
 def layer_summary(maps: LayerMaps, ks: Sequence[int] = KS) -> dict:
     """Everything the report shows for one layer (heads averaged where a single number is printed)."""
     stats = head_statistics(maps, ks)
+    stats["bias_share"] = bias_share(maps, per_head=True)
     mean_keys = float(maps.real.sum(1).float().mean())
     k_needed = {f"{level:g}": k_for_mass(maps, level) for level in MASS_LEVELS}
     return {

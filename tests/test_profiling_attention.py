@@ -41,6 +41,9 @@ def test_statistics_of_hand_built_maps_are_exact():
     maps = _hand_built()
     assert [k_for_mass(maps, level) for level in (0.75, 0.8, 0.875, 0.9, 1.0)] == [1, 2, 2, 3, 3]
     assert bias_share(maps) == pytest.approx(0.75)  # |bias| 3 against |q.k| 1 on every real pair
+    maps.bias[:, 1] = 1.0  # head 1: |bias| 1 against |q.k| 1
+    assert bias_share(maps, per_head=True) == pytest.approx([0.75, 0.5])
+    assert bias_share(maps) == pytest.approx(4 / 6)
 
 
 def test_weaver_core_and_weaver_ext_hooks_give_the_same_statistics(jet_files):
