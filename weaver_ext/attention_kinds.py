@@ -16,7 +16,7 @@ from .config import OptionError
 from .dsa.attention import build_indexer, build_topk, validate_dsa
 from .maps import DifferentialMaps
 
-__all__ = ["ATTENTION_KINDS", "AttentionKind", "build_core", "get_attention_kind", "kinds_table",
+__all__ = ["ATTENTION_KINDS", "AttentionKind", "build_core", "get_attention_kind",
            "register_attention_kind"]
 
 
@@ -92,12 +92,3 @@ def _kind_in_class_blocks(cfg: Any) -> bool:
     if not kind.cross_attention:
         return False
     return cfg.attn.kind != "differential" or cfg.attn.diff_cls_blocks
-
-
-def kinds_table() -> str:
-    """Markdown table of the registered kinds (docs)."""
-    rows = ["| kind | sparse | class blocks | default backend | what it does |", "|---|---|---|---|---|"]
-    for name, k in ATTENTION_KINDS.items():
-        rows.append(f"| `{name}` | {'yes' if k.sparse else 'no'} | {'yes' if k.cross_attention else 'no'} "
-                    f"| {k.default_backend} | {k.description} |")
-    return "\n".join(rows)

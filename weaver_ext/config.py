@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union
 
-__all__ = ["OptionError", "config_with", "flat_options", "from_options", "option_fields", "option_names"]
+__all__ = ["OptionError", "config_with", "flat_options", "from_options", "option_fields"]
 
 T = TypeVar("T")
 
@@ -97,11 +97,6 @@ def option_fields(cls: type) -> dict[str, tuple[str | None, type]]:
         else:
             out[f.name] = (None, cls)
     return out
-
-
-def option_names(cls: type) -> list[str]:
-    """The flat option names a config dataclass accepts, in declaration order."""
-    return list(option_fields(cls))
 
 
 def _compose(cls: type[T], values: dict[str, Any]) -> T:
