@@ -57,6 +57,10 @@ class AttentionCore(nn.Module):
 
     ``backend`` names the function that computes dense softmax attention (``backends.BACKENDS``); cores that do not
     use one for some step say so in their docstring. ``layer`` is the block index (for records and schedules).
+
+    A kind's core implements ``forward(q, k, v, *, bias, key_padding_mask, x, ctx)``: q, k, v (B, H, L, D); bias
+    additive (B, H, Lq, Lk); key_padding_mask bool (B, Lk), True = padding; x the normalised block input (B, Lq, E)
+    that q was projected from; ctx this forward's ``ForwardContext``.
     """
 
     def __init__(self, *, backend: str = "sdpa", dropout: float = 0.0, layer: int = 0) -> None:
@@ -74,12 +78,6 @@ class AttentionCore(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         return get_backend(self.backend).core(q, k, v, bias=bias, key_padding_mask=key_padding_mask,
                                               dropout_p=dropout_p)
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, key_padding_mask: Tensor | None,
-                x: Tensor, ctx: ForwardContext) -> Tensor:
-        """q, k, v: (B, H, L, D); bias: additive (B, H, Lq, Lk); key_padding_mask: bool (B, Lk), True = padding;
-        x: the normalised block input (B, Lq, E) that q was projected from; ctx: this forward's context."""
-        raise NotImplementedError
 
     def flops(self, args: tuple, kwargs: dict, out: Tensor) -> tuple[int, int]:
         """Dense cost; cores that compute more or less override it (read by profiling/flops.py)."""
