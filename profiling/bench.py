@@ -1,11 +1,13 @@
 """Benchmark: weaver-core 0.5.3's ParticleTransformer vs our fast inference path, same weights, same jets.
 
-``python -m profiling.bench [--part-version 3] [--input 'DIR/*.root'] [--data-config ...] [--batch-size 256]
+``python -m profiling.bench [--train] [--part-version 3] [--input 'DIR/*.root'] [--data-config ...] [--batch-size 256]
 [--threads 2] [--dtype fp32|bf16] [--device cpu|cuda] [--weights STATE.pt]``
 
 Both models see the same batches of real generated jets (weaver's own preprocessing), in alternating timed passes.
 Prints jets/s of both, the ratio, the max |difference| of the softmax outputs and the argmax agreement. This is a
 benchmark script, not a test: the numbers depend on the machine and its load.
+
+``--train`` benchmarks training steps instead (``profiling/bench_train.py``).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     lengths = torch.cat([b[2].sum(dim=(1, 2)) for b in batches]).float()
     result = {
         "config": asdict(cfg),
-        "device": _device_name(device),
+        "device": device_name(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "jets": n,
         "multiplicity_mean": float(lengths.mean()),
@@ -132,9 +134,10 @@ def run_bench(cfg: BenchConfig) -> dict:
     return result
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model from /proc/cpuinfo."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -171,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="*", help="ROOT file globs; default: generate 1100 jets now")
     p.add_argument("--data-config", default=str(REPO_ROOT / "data/JetClass/JetClass_full.yaml"))
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, help="default 256 (inference), 128 (--train)")
     p.add_argument("--num-batches", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -182,15 +185,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--part-version", type=float, default=1.0, choices=[1.0, 2.0, 3.0, 3.5, 3.6],
                    help="weaver-core ParT version, ours built with the same -o part_version")
     p.add_argument("--out", help="write the result as JSON here")
+    train = p.add_argument_group("training (--train)")
+    train.add_argument("--train", action="store_true", help="benchmark training steps (default batch 128)")
+    train.add_argument("--training-path", default="bucketed", choices=["bucketed", "padded"])
+    train.add_argument("--no-dropout", action="store_true", help="both models without dropout (same function)")
     args = p.parse_args(argv)
     files = expand_input_files(args.input) if args.input else _default_files(seed=11)
+    if args.train:
+        return _main_train(args, files)
     cfg = BenchConfig(
-        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size, num_batches=args.num_batches,
-        repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
+        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 256,
+        num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
         bucket_size=args.bucket_size, weights=args.weights, part_version=args.part_version,
     )
     result = run_bench(cfg)
     print(format_result(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _main_train(args: argparse.Namespace, files: list[str]) -> int:
+    from profiling.bench_train import TrainBenchConfig, format_train_result, run_train_bench
+
+    cfg = TrainBenchConfig(
+        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 128,
+        num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, device=args.device,
+        training_path=args.training_path, bucket_size=args.bucket_size, dropout=not args.no_dropout,
+        part_version=args.part_version,
+    )
+    result = run_train_bench(cfg)
+    print(format_train_result(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

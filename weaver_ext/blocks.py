@@ -15,6 +15,7 @@ from weaver.nn.model.ParticleTransformer import DropPath
 
 from .attention import MultiheadAttention
 from .context import ForwardContext
+from .dropout import Dropout
 from .norms import make_norm
 from .part_config import BlocksConfig
 
@@ -64,12 +65,12 @@ class Block(nn.Module):
         self.attn = attention or MultiheadAttention(dim, opts.num_heads, dropout=opts.attn_dropout,
                                                     backend=cfg.attn_backend, **attention_options(opts))
         self.post_attn_norm = make_norm(opts.norm, dim) if scales else nn.Identity()
-        self.dropout = nn.Dropout(opts.dropout)
+        self.dropout = Dropout(opts.dropout)
         self.pre_fc_norm = make_norm(opts.norm, dim)
         self.fc1 = nn.Linear(dim, ffn_dim, bias=opts.bias)
         self.fc1_g = nn.Linear(dim, ffn_dim, bias=opts.bias) if opts.ffn_activation == "swiglu" else None
         self.act = {"gelu": nn.GELU, "relu": nn.ReLU, "swiglu": nn.SiLU}[opts.ffn_activation]()
-        self.act_dropout = nn.Dropout(opts.activation_dropout)
+        self.act_dropout = Dropout(opts.activation_dropout)
         self.post_fc_norm = make_norm(opts.norm, ffn_dim) if scales else nn.Identity()
         self.fc2 = nn.Linear(ffn_dim, dim, bias=opts.bias)
         if opts.layer_scale_init is not None:

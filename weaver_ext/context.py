@@ -34,6 +34,7 @@ class LayerRecord:
     layer: int
     aux: dict[str, Tensor]
     stats: dict[str, float]
+    weight: float = 1.0  # real queries the means were taken over (merges a layer's length buckets exactly)
 
 
 @dataclass

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .bucketed import length_buckets, pack_real_first, real_pair_features, real_pairs
+
 __all__ = ["FastInferenceConfig", "FastParT", "FoldedPairEmbed", "can_fold", "length_buckets", "pack_real_first"]
 
 Tensor = torch.Tensor
@@ -51,17 +53,9 @@ class FoldedPairEmbed(nn.Module):
     def forward(self, v: Tensor, mask: Tensor) -> Tensor:
         """v: (B, 4, L) four-vectors; mask: (B, 1, L) bool. Returns the additive bias (B, H, L, L)."""
         batch, _, length = v.shape
-        valid = mask[:, 0]
-        pair_ok = valid[:, :, None] & valid[:, None, :]
-        pair_ok = pair_ok & torch.ones(length, length, dtype=torch.bool, device=v.device).tril(
-            -1 if self.remove_self_pair else 0
-        )
-        b, i, j = pair_ok.nonzero(as_tuple=True)
-        v_t = v.transpose(1, 2)  # (B, L, 4)
-        # (1, 4, P) contiguous like weaver's (B, 4, L, L): the sums inside m^2 = E^2 - p^2 cancel catastrophically
-        # for collinear pairs, so the reduction order (set by the memory layout) must match weaver's exactly
-        vi, vj = (v_t[b, idx].T.contiguous().unsqueeze(0) for idx in (i, j))
-        fts = self.pair_features(vi, vj)  # (1, F, P)
+        pairs = real_pairs(mask.bool(), remove_self_pair=self.remove_self_pair)
+        fts = real_pair_features(self.pair_features, v, pairs)  # (1, F, P)
+        b, i, j = pairs.b, pairs.i, pairs.j
         h = fts.squeeze(0).T.to(self.layers[0].weight.dtype)  # (P, F): kinematics in fp32, then the model dtype
         for layer in self.layers:
             h = layer(h)  # (P, H) at the end
@@ -108,25 +102,6 @@ def _fold_conv_bn(seq: nn.Sequential) -> list[nn.Module]:
     if pending_in is not None:
         raise ValueError("pair embedding ends with a BatchNorm that has no convolution to fold into")
     return out
-
-
-def pack_real_first(x: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Move real particles in front of padding (ParT is permutation invariant); a no-op for weaver's layout."""
-    mask = mask.bool()
-    counts = mask.sum(-1, keepdim=True)  # (B, 1, 1)
-    prefix = torch.arange(mask.size(-1), device=mask.device) < counts
-    if torch.equal(prefix, mask):
-        return x, v, mask
-    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)
-    return x.gather(-1, order.expand_as(x)), v.gather(-1, order.expand_as(v)), prefix
-
-
-def length_buckets(lengths: Tensor, bucket_size: int) -> list[Tensor]:
-    """Jet indices sorted by multiplicity and split into groups of ``bucket_size`` (0 = a single group)."""
-    order = torch.argsort(lengths, stable=True)
-    if bucket_size <= 0:
-        return [order]
-    return list(order.split(bucket_size))
 
 
 class FastParT(nn.Module):

@@ -28,27 +28,38 @@ from weaver.nn.model.ParticleTransformer import (
     named_apply,
 )
 
-from .attention import MultiheadAttention
+from .attention import DenseCore, MultiheadAttention
 from .attention_kinds import build_core
+from .backends import merge_bias_and_mask
 from .blocks import Block, BlockConfig, attention_options
+from .bucketed import bucketed_outputs, can_bucket_pairs
 from .config import config_with
 from .context import ForwardContext, ValueResidual
+from .dropout import Dropout
 from .dsa.attention import selected_pair_bias
 from .dsa.schedule import kept_fraction
-from .dsa.statistics import AuxChannel, summarize_records
+from .dsa.statistics import AuxChannel, merge_layer_records, summarize_records
 from .latent import LatentCrossAttention, LatentSelfAttention
 from .norms import make_norm
 from .part_config import ParTConfig
 from .positional import PositionalEncoding, local_attention_mask
 
-__all__ = ["MASKED_VECTOR", "Encoded", "ParTConfig", "ParticleTransformer", "block_config", "config_with",
-           "masked_vector_like"]
+__all__ = ["COMPILE_TRAINING_ERROR", "MASKED_VECTOR", "Encoded", "ParTConfig", "ParticleTransformer", "block_config",
+           "config_with", "masked_vector_like"]
 
 Tensor = torch.Tensor
 
 # four-vector (px, py, pz, E) given to padded or masked particles where pair features are computed anyway: not zero,
 # because atan2(0, 0) in the pair features is NaN once exported to ONNX
 MASKED_VECTOR = (1.0, 0.0, 0.0, 1.0)
+
+
+# weaver --compile wraps training in torch.compile; on CPU with torch 2.13 inductor's compiled backward fails for ParT
+# (weaver-core's own too) once lengths vary, and compiled steps ran 8-60x slower than eager (docs/benchmarks.md);
+# weaver_hooks' train function refuses it with this line
+COMPILE_TRAINING_ERROR = (
+    "weaver --compile: ParT training cannot be compiled on CPU with torch 2.13 (inductor's backward fails once the "
+    "jet length varies: 'expected size ... stride ...'); train without --compile, the bucketed path is the fast one")
 
 
 def masked_vector_like(v: Tensor) -> Tensor:
@@ -160,7 +171,7 @@ class ParticleTransformer(nn.Module):
         in_dim = cfg.embed_dim
         for out_dim, drop_rate in cfg.head.fc_params:
             layers.append(nn.Sequential(nn.Linear(in_dim, out_dim, bias=cfg.blocks.bias), nn.ReLU(),
-                                        nn.Dropout(drop_rate)))
+                                        Dropout(drop_rate)))
             in_dim = out_dim
         layers.append(nn.Linear(in_dim, cfg.head.num_classes))
         return nn.Sequential(*layers)
@@ -198,6 +209,16 @@ class ParticleTransformer(nn.Module):
                uu_idx: Tensor | None = None, *, ctx: ForwardContext | None = None) -> Encoded:
         """Trim padding, embed particles and pairs and run the blocks (``ctx``: a fresh context when None)."""
         ctx = self.new_context() if ctx is None else ctx
+        x, v, mask, uu = self.trim_inputs(x, v, mask, uu, uu_idx)
+        bias = None if self._uses_selected_pairs() else self.pair_bias(v, uu, mask)
+        encoded = self.encode_trimmed(x, v, mask, bias, ctx=ctx)
+        self.publish(ctx)
+        return encoded
+
+    def trim_inputs(self, x: Tensor, v: Tensor | None, mask: Tensor | None, uu: Tensor | None,
+                    uu_idx: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        """The start of every forward: advance the DSA schedule, densify sparse pair inputs, trim with weaver's
+        SequenceTrimmer (random in training, as weaver-core's ParT)."""
         if self.cfg.attn.kind == "dsa_indexer" and (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             raise RuntimeError("DSA dsa_mode='indexer' cannot be exported (data-dependent k); export with 'topk'")
         if self.cfg.sparse_layers and self.training:
@@ -205,11 +226,7 @@ class ParticleTransformer(nn.Module):
         with torch.no_grad():
             if uu_idx is not None and not self.for_inference:
                 uu = build_sparse_tensor(uu, uu_idx, x.size(-1))
-            x, v, mask, uu = self.trimmer(x, v, mask, uu)
-        bias = None if self._uses_selected_pairs() else self.pair_bias(v, uu, mask)
-        encoded = self.encode_trimmed(x, v, mask, bias, ctx=ctx)
-        self._publish(ctx)
-        return encoded
+            return self.trimmer(x, v, mask, uu)
 
     def pair_bias(self, v: Tensor | None, uu: Tensor | None, mask: Tensor) -> Tensor | None:
         """The dense pair-interaction bias (B, H, L, L), or None without pair inputs."""
@@ -224,12 +241,17 @@ class ParticleTransformer(nn.Module):
         return self.pair_embed(v, uu=uu, mask=mask)
 
     def encode_trimmed(self, x: Tensor, v: Tensor | None, mask: Tensor, bias: Tensor | None, *,
-                       ctx: ForwardContext | None = None) -> Encoded:
-        """Everything after trimming and the pair embedding (shared with the fast inference path)."""
+                       ctx: ForwardContext | None = None, normalized_inputs: bool = False) -> Encoded:
+        """Everything after trimming and the pair embedding (shared with the fast and the bucketed paths, which
+        may have applied the embedding's input BatchNorm already: ``normalized_inputs``)."""
         ctx = self.new_context() if ctx is None else ctx
         mask = mask.bool()
         padding_mask = ~mask.squeeze(1)
-        x = self.embed(x).masked_fill(~mask.transpose(1, 2), 0)
+        if normalized_inputs:  # weaver's Embed.forward after its input_bn
+            x = self.embed.embed(self.embed.conv_embed(x).transpose(1, 2).contiguous())
+        else:
+            x = self.embed(x)
+        x = x.masked_fill(~mask.transpose(1, 2), 0)
         if self.pos_encoding is not None:
             self._need_vectors(v, "pos_encoding")
             x = x + self.pos_encoding(v, mask).to(x.dtype)
@@ -271,6 +293,8 @@ class ParticleTransformer(nn.Module):
         if local is not None:
             local = local.to(x.dtype).expand(-1, self.cfg.blocks.num_heads, -1, -1)
             bias = local if bias is None else bias + local
+        if bias is not None and self._blocks_take_a_merged_mask():  # once here instead of once per block
+            bias, padding_mask = merge_bias_and_mask(bias, padding_mask, bias.dtype), None
         use_checkpoint = self.cfg.blocks.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_checkpoint:
@@ -279,13 +303,21 @@ class ParticleTransformer(nn.Module):
                 x = block(x, padding_mask=padding_mask, bias=bias, ctx=ctx)
         return x[:, :num_particles]
 
-    def _publish(self, ctx: ForwardContext) -> None:
-        """Hand a training forward's auxiliary loss and statistics to the aux channel (nothing pending otherwise)."""
+    def _blocks_take_a_merged_mask(self) -> bool:
+        """Dense cores through sdpa or math add the padding to the pair bias in every block: in training, merge it once
+        (eval keeps the mask separate for the profiler's hooks, which read real queries from it)."""
+        dense = all(isinstance(b.attn.core, DenseCore) and b.attn.core.backend in ("sdpa", "math") for b in self.blocks)
+        return dense and self.training and torch.is_grad_enabled()
+
+    def publish(self, ctx: ForwardContext) -> None:
+        """Hand a training forward's auxiliary loss and statistics to the aux channel (nothing pending otherwise);
+        the records of a layer's length buckets are merged first, weighted by their real queries."""
         if not ctx.collect:
             self.aux_channel.clear()
             return
-        loss, terms = summarize_records(ctx.records, self.cfg.sparsity.loss_weights)
-        self.aux_channel.publish(loss, terms, ctx.records)
+        records = merge_layer_records(ctx.records)
+        loss, terms = summarize_records(records, self.cfg.sparsity.loss_weights)
+        self.aux_channel.publish(loss, terms, records)
 
     def pool(self, x: Tensor, padding_mask: Tensor) -> Tensor:
         """Class-attention pooling, the global token, or a masked mean when there are no class blocks; then the norm."""
@@ -318,6 +350,23 @@ class ParticleTransformer(nn.Module):
             raise ValueError(f"inference_path='bucketed' is not supported by {type(self).__name__} with these options")
         return True
 
+    def use_bucketed_training(self, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
+        """Training forwards run per length bucket (``bucketed.py``) unless ``training_path='padded'``. Pair inputs
+        beyond the four-vectors, and the DSA indexer (its pair BatchNorms normalise over the pairs it selected in
+        the whole batch), keep the padded path."""
+        if not self.training or self.cfg.inference.training_path != "bucketed" or uu is not None or uu_idx is not None:
+            return False
+        return can_bucket_pairs(self.pair_embed) and self.cfg.attn.kind != "dsa_indexer"
+
+    def head(self, pooled: Tensor) -> Tensor:
+        """The MLP head (identity without one), then the softmax of weaver's exported classifiers."""
+        if self.fc is None:
+            return pooled
+        out = self.fc(pooled)
+        if self.for_inference and self.cfg.head.task == "classification":
+            out = torch.softmax(out, dim=1)
+        return out
+
     def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
                 uu_idx: Tensor | None = None) -> Tensor:
         """x: (B, C, L) features; v: (B, 4, L) (px, py, pz, E); mask: (B, 1, L), 1 for real particles."""
@@ -331,11 +380,11 @@ class ParticleTransformer(nn.Module):
             inference = self.cfg.inference
             fast_cfg = FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype)
             return FastParT(self, fast_cfg)(x, v, mask)
+        if self.use_bucketed_training(uu, uu_idx):
+            ctx = self.new_context()
+            x, v, mask, _ = self.trim_inputs(x, v, mask, None, None)
+            out = bucketed_outputs(self, x, v, mask, bucket_size=self.cfg.inference.bucket_size, ctx=ctx)
+            self.publish(ctx)
+            return out
         encoded = self.encode(x, v, mask, uu, uu_idx)
-        pooled = self.pool(encoded.tokens, encoded.padding_mask)
-        if self.fc is None:
-            return pooled
-        out = self.fc(pooled)
-        if self.for_inference and self.cfg.head.task == "classification":
-            out = torch.softmax(out, dim=1)
-        return out
+        return self.head(self.pool(encoded.tokens, encoded.padding_mask))

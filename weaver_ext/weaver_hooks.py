@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import torch
 from torch import nn
 
 from .losses import AuxLoss, find_aux_channel
@@ -36,6 +37,7 @@ __all__ = [
     "log_epoch",
     "log_nonfinite",
     "make_evaluate_fn",
+    "refuse_compiled_cpu_training",
     "make_train_fn",
     "network_hooks",
 ]
@@ -92,6 +94,17 @@ def _load_epoch(kwargs: dict[str, Any]) -> int | None:
     return getattr(_weaver_args(kwargs), "load_epoch", None)
 
 
+def refuse_compiled_cpu_training(model: torch.nn.Module, dev: Any) -> None:
+    """``weaver --compile`` training of a ParT-family model on CPU: one-line error (``part.COMPILE_TRAINING_ERROR``)."""
+    from .part import COMPILE_TRAINING_ERROR, ParticleTransformer
+
+    compiled = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+    if compiled is None or torch.device(dev if dev is not None else "cpu").type != "cpu":
+        return
+    if any(isinstance(m, ParticleTransformer) for m in compiled.modules()):
+        raise ValueError(COMPILE_TRAINING_ERROR)
+
+
 def make_train_fn(task: str = "classification", *, seed: int | None = None) -> Callable[..., Any]:
     """weaver's own train loop for ``task``, followed by the DSA epoch log; seeded per epoch when ``seed`` is set.
 
@@ -102,6 +115,7 @@ def make_train_fn(task: str = "classification", *, seed: int | None = None) -> C
     base = tools.train_regression if task == "regression" else tools.train_classification
 
     def train(model, loss_func, opt, scheduler, train_loader, dev, epoch, **kwargs):  # weaver's signature
+        refuse_compiled_cpu_training(model, dev)
         if isinstance(loss_func, AuxLoss):
             loss_func.bind(model)
         repair_resume(model, opt, scheduler, args=_weaver_args(kwargs), epoch=epoch)

@@ -25,6 +25,7 @@ from weaver.nn.model.ParticleTransformer import PairEmbed
 
 from ..attention import AttentionCore, LayerSpec, attention_score_flops
 from ..context import ForwardContext
+from ..dropout import dropout
 from ..maps import make_maps
 from . import indexer as indexer_module
 from .indexer import LightningIndexer, Selection, gather_keys, select_keys
@@ -73,7 +74,7 @@ class _SparseCore(AttentionCore):
         return keys_per_query(n_real, ratio=ctx.ratio, topk=ctx.topk), n_real, real_query
 
     def drop(self, weights: Tensor) -> Tensor:
-        return F.dropout(weights, p=self.dropout) if self.training and self.dropout > 0 else weights
+        return dropout(weights, self.dropout, self.training)
 
     def explicit(self) -> bool:
         """Whether the kept-key softmax is computed here (``math``) rather than by a backend."""

@@ -11,7 +11,8 @@ import torch
 
 from ..context import LayerRecord
 
-__all__ = ["AUX_NAMES", "STAT_NAMES", "AuxChannel", "entropy", "layer_record", "masked_mean", "summarize_records"]
+__all__ = ["AUX_NAMES", "STAT_NAMES", "AuxChannel", "entropy", "layer_record", "masked_mean", "merge_layer_records",
+           "summarize_records"]
 
 Tensor = torch.Tensor
 
@@ -43,7 +44,25 @@ def layer_record(layer: int, real_query: Tensor | None, *, kept: Tensor, entropy
     with torch.no_grad():
         stats = {"kept_fraction": float(masked_mean(kept, real_query)), "entropy": float(entropy),
                  "mass_kept": float(mass)}
-    return LayerRecord(layer=layer, aux=aux, stats=stats)
+        weight = float(kept.numel() if real_query is None else real_query.sum())
+    return LayerRecord(layer=layer, aux=aux, stats=stats, weight=weight)
+
+
+def merge_layer_records(records: list[LayerRecord]) -> list[LayerRecord]:
+    """One record per layer: the records of one layer (one per length bucket) combined as the mean over all their
+    real queries, which is what one forward over the padded batch records. A no-op with one record per layer."""
+    by_layer: dict[int, list[LayerRecord]] = {}
+    for record in records:
+        by_layer.setdefault(record.layer, []).append(record)
+    if all(len(group) == 1 for group in by_layer.values()):
+        return records
+    merged = []
+    for layer, group in by_layer.items():
+        total = sum(r.weight for r in group) or 1.0
+        aux = {name: sum(r.aux[name] * (r.weight / total) for r in group) for name in group[0].aux}
+        stats = {name: sum(r.stats[name] * r.weight for r in group) / total for name in group[0].stats}
+        merged.append(LayerRecord(layer=layer, aux=aux, stats=stats, weight=total))
+    return merged
 
 
 def summarize_records(records: list[LayerRecord], weights: dict[str, float]) -> tuple[Tensor | None, dict[str, float]]:

@@ -1,0 +1,143 @@
+"""Training benchmark: weaver-core 0.5.3's ParticleTransformer against ours, same initial weights, same batches.
+
+``python -m profiling.bench --train [--batch-size 128] [--num-batches 4] [--repeats 3] [--threads 2]
+[--training-path bucketed|padded] [--no-dropout] [--input 'DIR/*.root']``
+
+A step is what ``weaver`` does per batch: forward in training mode, cross-entropy, backward, an AdamW step. Both
+models start from the same weights and see the same batches with the same seed per step (so weaver's
+SequenceTrimmer cuts both the same way); rounds alternate which model goes first. Prints jets/s of both, their
+ratio, and the mean loss of each. With ``--no-dropout`` the two runs compute the same function, and their losses
+agree step by step (printed). This is a benchmark script, not a test.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from weaver.nn.model.ParticleTransformer import ParticleTransformer as WeaverParT
+
+from profiling.bench import device_name
+from profiling.loading import check_device, load_real_jets
+from weaver_ext.config import from_options
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import ParTConfig, version_defaults
+
+__all__ = ["TrainBenchConfig", "format_train_result", "run_train_bench"]
+
+NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0}
+
+
+@dataclass(frozen=True)
+class TrainBenchConfig:
+    files: tuple[str, ...]
+    data_config: str
+    batch_size: int = 128
+    num_batches: int = 4
+    repeats: int = 3
+    threads: int = 2
+    device: str = "cpu"
+    training_path: str = "bucketed"
+    bucket_size: int = 32
+    dropout: bool = True  # the published recipe's dropout 0.1; False: both models without dropout
+    lr: float = 1e-3
+    seed: int = 0
+    part_version: float = 1
+
+
+def _models(cfg: TrainBenchConfig, input_dim: int, num_classes: int, device: torch.device):
+    """weaver-core's ParT as ``weaver`` trains it and ours with the same weights, both in training mode."""
+    torch.manual_seed(cfg.seed)
+    options = {"part_version": cfg.part_version, "training_path": cfg.training_path, "bucket_size": cfg.bucket_size,
+               **({} if cfg.dropout else NO_DROPOUT)}
+    ours_cfg = from_options(ParTConfig, options, where="profiling.bench --train", input_dim=input_dim,
+                            num_classes=num_classes, defaults=version_defaults(options, None, where="--part-version"))
+    block_params = None if cfg.dropout else dict(NO_DROPOUT)
+    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=cfg.part_version,
+                           use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair,
+                           block_params=block_params)
+    ours = ParticleTransformer(ours_cfg)
+    ours.load_state_dict(reference.state_dict())
+    return reference.to(device).train(), ours.to(device).train()
+
+
+def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple, seed: int) -> float:
+    torch.manual_seed(seed)
+    x, v, mask, label = batch
+    loss = F.cross_entropy(model(x, v, mask), label)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def run_train_bench(cfg: TrainBenchConfig) -> dict:
+    """Alternate timed rounds of training steps of both models; return speeds, ratio and losses."""
+    device = check_device(cfg.device)
+    torch.set_num_threads(cfg.threads)
+    jets = load_real_jets(cfg.files, cfg.data_config, max_jets=cfg.batch_size * cfg.num_batches)
+    n_jets = len(jets.labels)
+    order = torch.randperm(n_jets, generator=torch.Generator().manual_seed(cfg.seed))
+    labels = torch.as_tensor(jets.labels)
+    names = ("pf_features", "pf_vectors", "pf_mask")
+    batches = [tuple(jets.inputs[k][idx].to(device) for k in names) + (labels[idx].to(device),)
+               for idx in order.split(cfg.batch_size) if len(idx) == cfg.batch_size]
+    if not batches:
+        raise ValueError(f"need at least {cfg.batch_size} jets, the input has {n_jets}")
+    reference, ours = _models(cfg, jets.inputs["pf_features"].shape[1], len(jets.label_names), device)
+    models = {"weaver": reference, "ours": ours}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=cfg.lr) for name, m in models.items()}
+    losses: dict[str, list[float]] = {name: [] for name in models}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for name, model in models.items():  # weaver's SequenceTrimmer starts trimming after 5 calls
+        for i in range(6):
+            _step(model, optimizers[name], batches[i % len(batches)], seed=10_000 + i)
+    for r in range(cfg.repeats):
+        for name in (("weaver", "ours") if r % 2 == 0 else ("ours", "weaver")):
+            start = time.perf_counter()
+            losses[name] += [_step(models[name], optimizers[name], b, seed=1000 * r + i) for i, b in enumerate(batches)]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    n = cfg.batch_size * len(batches)
+    lengths = torch.cat([b[2].sum(dim=(1, 2)) for b in batches]).float()
+    result = {
+        "config": asdict(cfg),
+        "device": device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "jets_per_round": n,
+        "multiplicity_mean": float(lengths.mean()),
+        "multiplicity_max": float(lengths.max()),
+        "weaver_jets_per_s": n / statistics.median(times["weaver"]),
+        "ours_jets_per_s": n / statistics.median(times["ours"]),
+        "weaver_times_s": times["weaver"],
+        "ours_times_s": times["ours"],
+        "weaver_mean_loss": statistics.fmean(losses["weaver"]),
+        "ours_mean_loss": statistics.fmean(losses["ours"]),
+        "max_rel_loss_diff": max(abs(a - b) / abs(a) for a, b in zip(losses["weaver"], losses["ours"], strict=True)),
+    }
+    result["ratio"] = result["ours_jets_per_s"] / result["weaver_jets_per_s"]
+    return result
+
+
+def format_train_result(r: dict) -> str:
+    c = r["config"]
+    loss_line = (f"max relative loss difference per step: {r['max_rel_loss_diff']:.2e} (no dropout: same function)"
+                 if not c["dropout"] else
+                 f"mean loss: weaver {r['weaver_mean_loss']:.4f}, ours {r['ours_mean_loss']:.4f} "
+                 "(dropout draws different masks)")
+    return "\n".join([
+        f"device: {r['device']} ({r['cpu_capability']}), threads={c['threads']}, batch={c['batch_size']}, "
+        f"{r['jets_per_round']} jets per round x {c['repeats']} rounds (multiplicity mean "
+        f"{r['multiplicity_mean']:.1f}, max {r['multiplicity_max']:.0f})",
+        f"training step (forward, cross-entropy, backward, AdamW), ParT version {c['part_version']:g}, "
+        f"dropout {'0.1' if c['dropout'] else 'off'}",
+        f"weaver-core ParT        : {r['weaver_jets_per_s']:8.1f} jets/s",
+        f"weaver_ext {c['training_path']:9s}    : {r['ours_jets_per_s']:8.1f} jets/s   (bucket size "
+        f"{c['bucket_size']})",
+        f"ratio                   : {r['ratio']:8.2f}",
+        loss_line,
+    ])

@@ -1,0 +1,177 @@
+"""The bucketed training path (weaver_ext/bucketed.py) gives the padded path's loss, gradients and optimizer steps.
+
+Same weights, same real jets, same seed (so weaver's SequenceTrimmer cuts both batches the same way), dropout off
+(dropout masks are drawn per shape, like any other batch). Tolerances, fp32:
+- the loss within 1e-5 relative;
+- every parameter gradient within 1e-5 of that tensor's largest gradient. Some biases have a gradient that is zero in
+  exact arithmetic, because a BatchNorm right after them removes any constant (the pair embedding's Conv1d biases
+  and its input BatchNorm's bias). Their computed gradients are rounding noise, at most 1e-6 of the model's largest
+  gradient, and are compared at that absolute level;
+- after two optimizer steps (SGD with momentum) every weight within 1e-6.
+DSA top-k selects discrete keys: rounding differences of 1e-7 between batch shapes can flip near-tied keys in fp32,
+so its check runs in float64, where the match is 1e-9; so does differential attention (see its test).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import JETCLASS_CONFIGS
+from tests.helpers import weaver_batch
+from weaver_ext.part import ParticleTransformer
+from weaver_ext.part_config import part_config
+
+NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0, "drop_path": 0.0}
+LOSS_RTOL = 1e-5
+GRAD_RTOL = 1e-5
+ZERO_GRAD_LEVEL = 1e-6  # of the model's largest gradient: below it a gradient is rounding noise of an exact zero
+WEIGHT_ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def jets(jet_files):
+    batch = weaver_batch(jet_files, JETCLASS_CONFIGS / "JetClass_full.yaml", max_jets=400)
+    perm = torch.randperm(len(batch["_label_"]), generator=torch.Generator().manual_seed(2))[:96]
+    batch = {k: v[perm] for k, v in batch.items()}
+    lengths = batch["pf_mask"].sum(dim=(1, 2))
+    assert lengths.max() - lengths.min() > 20  # real jets: the buckets really are shorter than the batch
+    return batch
+
+
+def _pair(options: dict, dtype: torch.dtype = torch.float32) -> dict[str, ParticleTransformer]:
+    """A padded and a bucketed model with the same weights, both past the trimmer's warm-up (so it trims)."""
+    torch.manual_seed(0)
+    models = {}
+    for path in ("padded", "bucketed"):
+        models[path] = ParticleTransformer(part_config(input_dim=17, num_classes=10, training_path=path,
+                                                       bucket_size=16, **NO_DROPOUT, **options))
+    models["bucketed"].load_state_dict(models["padded"].state_dict())
+    for model in models.values():
+        model.to(dtype).train()
+        model.trimmer._counter.fill_(model.trimmer.warmup_steps)
+    return models
+
+
+def _loss(model: ParticleTransformer, jets: dict, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)  # the trimmer's random cut, identical for both paths
+    out = model(*(jets[k].to(dtype) for k in ("pf_features", "pf_vectors", "pf_mask")))
+    loss = F.cross_entropy(out, jets["_label_"])
+    aux = model.pop_aux_loss()
+    return loss if aux is None else loss + aux
+
+
+def _loss_and_grads(model, jets, dtype=torch.float32, seed=5):
+    loss = _loss(model, jets, dtype, seed)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _zero_gradient_names(grads: dict[str, torch.Tensor]) -> set[str]:
+    scale = max(float(g.abs().max()) for g in grads.values())
+    return {n for n, g in grads.items() if float(g.abs().max()) <= ZERO_GRAD_LEVEL * scale}
+
+
+def _assert_same_gradients(expected: dict, got: dict, rtol: float) -> None:
+    assert expected.keys() == got.keys()
+    scale = max(float(g.abs().max()) for g in expected.values())
+    zero = _zero_gradient_names(expected)
+    # the exact zeros are exactly the biases that a BatchNorm follows in the pair embedding
+    assert all(n.startswith("pair_embed.embed.") and n.endswith(".bias") for n in zero), sorted(zero)
+    for name, g in expected.items():
+        diff = float((got[name] - g).abs().max())
+        limit = ZERO_GRAD_LEVEL * scale if name in zero else rtol * float(g.abs().max())
+        assert diff <= limit, f"{name}: max |d grad| {diff:.3g} > {limit:.3g}"
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"part_version": 3.6},
+    {"value_residual": True, "num_registers": 2, "num_layers": 3},
+    {"grad_checkpoint": True, "num_layers": 3},
+], ids=["part", "v3.6-global-token", "value-residual+registers", "grad-checkpoint"])
+def test_loss_and_gradients_match_the_padded_path(jets, options):
+    models = _pair(options)
+    loss_p, grads_p = _loss_and_grads(models["padded"], jets)
+    loss_b, grads_b = _loss_and_grads(models["bucketed"], jets)
+    assert abs(float(loss_b - loss_p)) <= LOSS_RTOL * abs(float(loss_p))
+    _assert_same_gradients(grads_p, grads_b, GRAD_RTOL)
+
+
+@pytest.mark.parametrize("options", [
+    {"attention": "dsa", "num_layers": 3, "sparsity_ratio": 0.3, "sparsity_weight": 0.1, "entropy_weight": 0.01},
+    {"attention": "dsa", "dsa_maps": "differential", "num_layers": 3, "sparsity_ratio": 0.3, "sparsity_weight": 0.1},
+], ids=["topk", "topk-differential-maps"])
+def test_dsa_topk_matches_the_padded_path_in_float64(jets, options):
+    models = _pair(options, torch.float64)
+    loss_p, grads_p = _loss_and_grads(models["padded"], jets, torch.float64)
+    loss_b, grads_b = _loss_and_grads(models["bucketed"], jets, torch.float64)
+    assert models["padded"].aux_channel.last_terms  # the auxiliary DSA terms are part of both losses
+    assert models["bucketed"].aux_channel.last_terms == pytest.approx(models["padded"].aux_channel.last_terms,
+                                                                     rel=1e-9)
+    assert abs(float(loss_b - loss_p)) <= 1e-9 * abs(float(loss_p))
+    _assert_same_gradients(grads_p, grads_b, 1e-9)
+
+
+def test_differential_attention_matches_the_padded_path_in_float64(jets):
+    """In fp32 the gradient of lambda (one scalar per layer, summed over every token with both signs) differs by up to
+    1.3e-5 of its largest entry: cancellation in the sum. In float64 everything agrees to 1e-9."""
+    models = _pair({"attention": "differential", "num_layers": 3}, torch.float64)
+    loss_p, grads_p = _loss_and_grads(models["padded"], jets, torch.float64)
+    loss_b, grads_b = _loss_and_grads(models["bucketed"], jets, torch.float64)
+    assert abs(float(loss_b - loss_p)) <= 1e-9 * abs(float(loss_p))
+    _assert_same_gradients(grads_p, grads_b, 1e-9)
+
+
+def test_two_optimizer_steps_give_the_same_weights(jets):
+    """SGD with momentum and weight decay: the update is proportional to the gradient, so equal gradients give equal
+    weights (every parameter, the zero-gradient biases included). Adam is not used here: its first step is
+    lr * sign(g) per element, which turns the rounding noise of gradients that are ~0 into full-size steps."""
+    models = _pair({})
+    initial = {k: w.clone() for k, w in models["padded"].state_dict().items()}
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+                  for k, m in models.items()}
+    for step in range(2):
+        for path, model in models.items():
+            optimizers[path].zero_grad(set_to_none=True)
+            _loss(model, jets, torch.float32, seed=10 + step).backward()
+            optimizers[path].step()
+    state_p, state_b = models["padded"].state_dict(), models["bucketed"].state_dict()
+    moved = 0.0
+    for name, w in state_p.items():
+        if not w.is_floating_point():
+            continue
+        diff = float((state_b[name] - w).abs().max())
+        assert diff <= WEIGHT_ATOL, f"{name}: max |d weight| {diff:.3g} after two optimizer steps"
+        moved = max(moved, float((w - initial[name]).abs().max()))
+    assert moved > 1e-3  # the steps really changed the weights
+
+
+def test_the_bucketed_path_runs_only_where_it_is_exact():
+    """The DSA indexer (its pair BatchNorms see the batch's selected pairs) and extra pair inputs stay padded."""
+    model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=2)).train()
+    assert model.use_bucketed_training(None, None)
+    assert not model.use_bucketed_training(torch.zeros(1), None)
+    indexer = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=2, attention="dsa",
+                                              dsa_mode="indexer")).train()
+    assert not indexer.use_bucketed_training(None, None)
+    padded = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=2, training_path="padded"))
+    assert not padded.train().use_bucketed_training(None, None)
+    assert not model.eval().use_bucketed_training(None, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_runs_the_bucketed_path_close_to_the_padded_one(jets, dtype):
+    """``--use-amp``: under autocast both paths round differently (per-bucket shapes), so the check is closeness of
+    the loss (2% relative) and finite gradients everywhere, not equality."""
+    models = _pair({"num_layers": 2})
+    losses = {}
+    for path, model in models.items():
+        with torch.autocast("cpu", dtype=dtype):
+            loss = _loss(model, jets, torch.float32, seed=5)
+        loss.backward()
+        losses[path] = float(loss)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None), path
+    assert abs(losses["bucketed"] - losses["padded"]) <= 0.02 * abs(losses["padded"])
