@@ -25,6 +25,7 @@ import torch
 from weaver.nn.model.ParticleTransformer import ParticleTransformer as WeaverParT
 
 from profiling.loading import check_device, expand_input_files, load_real_jets
+from profiling.roofline import matmul_peak_gflops, native_bf16, true_flops
 from weaver_ext.checkpoint import check_state_dict, read_state_dict
 from weaver_ext.config import from_options
 from weaver_ext.fast_inference import FastInferenceConfig, FastParT
@@ -131,7 +132,24 @@ def run_bench(cfg: BenchConfig) -> dict:
         "mean_max_softmax": float(ref_out.max(1).values.mean()),
     }
     result["ratio"] = result["ours_jets_per_s"] / result["weaver_jets_per_s"]
+    result.update(_roofline(cfg, reference, batches, result, device))
     return result
+
+
+def _roofline(cfg: BenchConfig, reference: torch.nn.Module, batches: list, result: dict,
+              device: torch.device) -> dict:
+    """True FLOPs of a pass (real multiplicities), the GFLOP/s of both models and this machine's matmul peaks."""
+    flops = true_flops(reference, batches)
+    bf16 = native_bf16() if device.type == "cpu" else "cuda"
+    peak_fp32 = matmul_peak_gflops(torch.float32, device=device)
+    peak_bf16 = matmul_peak_gflops(torch.bfloat16, device=device) if bf16 else None
+    per_pass = {name: flops / (cfg.batch_size * len(batches) / result[f"{name}_jets_per_s"]) / 1e9
+                for name in ("weaver", "ours")}
+    ours_peak = peak_bf16 if cfg.dtype == "bf16" and peak_bf16 else peak_fp32
+    return {"true_gflop_per_pass": flops / 1e9, "weaver_gflops": per_pass["weaver"], "ours_gflops": per_pass["ours"],
+            "peak_fp32_gflops": peak_fp32, "peak_bf16_gflops": peak_bf16, "native_bf16": bf16,
+            "weaver_fraction_of_fp32_peak": per_pass["weaver"] / peak_fp32,
+            "ours_fraction_of_peak": per_pass["ours"] / ours_peak}
 
 
 def device_name(device: torch.device) -> str:
@@ -158,6 +176,12 @@ def format_result(r: dict) -> str:
         f"ratio                 : {r['ratio']:8.2f}",
         f"max |d softmax|       : {r['max_abs_diff_softmax']:.2e}   argmax agreement: {r['argmax_agreement']:.4f}"
         f"   (mean max-softmax of the reference {r['mean_max_softmax']:.3f})",
+        f"roofline              : {r['true_gflop_per_pass']:.2f} GFLOP per pass at the jets' real multiplicities; "
+        f"weaver-core {r['weaver_gflops']:.1f} GFLOP/s ({100 * r['weaver_fraction_of_fp32_peak']:.0f}% of fp32 "
+        f"peak), ours {r['ours_gflops']:.1f} GFLOP/s ({100 * r['ours_fraction_of_peak']:.0f}% of {c['dtype']} peak)",
+        f"matmul peak           : fp32 {r['peak_fp32_gflops']:.0f} GFLOP/s; bf16 "
+        + (f"{r['peak_bf16_gflops']:.0f} GFLOP/s (native: {r['native_bf16']})" if r["peak_bf16_gflops"]
+           else "not native on this CPU (no AMX, no AVX512_BF16): not measured"),
     ])
 
 

@@ -151,15 +151,16 @@ def test_two_optimizer_steps_give_the_same_weights(jets):
 
 def test_the_bucketed_path_runs_only_where_it_is_exact():
     """The DSA indexer (its pair BatchNorms see the batch's selected pairs) and extra pair inputs stay padded."""
+    x = torch.zeros(2, 17, 5)
     model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=2)).train()
-    assert model.use_bucketed_training(None, None)
-    assert not model.use_bucketed_training(torch.zeros(1), None)
+    assert model.cfg.inference.training_path == "auto" and model.use_bucketed_training(x, None, None)  # CPU
+    assert not model.use_bucketed_training(x, torch.zeros(1), None)
     indexer = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=2, attention="dsa",
                                               dsa_mode="indexer")).train()
-    assert not indexer.use_bucketed_training(None, None)
+    assert not indexer.use_bucketed_training(x, None, None)
     padded = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=2, training_path="padded"))
-    assert not padded.train().use_bucketed_training(None, None)
-    assert not model.eval().use_bucketed_training(None, None)
+    assert not padded.train().use_bucketed_training(x, None, None)
+    assert not model.eval().use_bucketed_training(x, None, None)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

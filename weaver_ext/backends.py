@@ -81,8 +81,12 @@ def math_attention(
 
 
 def _cpu_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, dropout_p: float,
-                                scale: float | None) -> Tensor:
-    """``math_attention`` with the scores computed as ``mask + scale q k^T`` in one ``baddbmm`` (tested against it)."""
+                                scale: float | None, safe: bool = False) -> Tensor:
+    """``math_attention`` with the scores computed as ``mask + scale q k^T`` in one ``baddbmm`` (tested against it).
+
+    ``safe``: some query has every key masked (an empty jet). Then the softmax of torch's SDPA math kernel is used:
+    zero weights for such a query instead of NaN, while NaN or inf scores from bad inputs still give NaN. It costs
+    twice a softmax, so it runs only when needed."""
     batch, heads, len_q, dim = q.shape
     len_k = k.size(2)
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
@@ -92,7 +96,8 @@ def _cpu_attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 
     else:
         scores = torch.baddbmm(mask.expand(batch, heads, len_q, len_k).reshape(batch * heads, len_q, len_k), q3, k3,
                                alpha=scale)
-    weights = dropout(torch.softmax(scores, dim=-1), dropout_p)
+    weights = torch._safe_softmax(scores, -1) if safe else torch.softmax(scores, dim=-1)
+    weights = dropout(weights, dropout_p)
     return torch.bmm(weights, v.reshape(batch * heads, len_k, -1)).view(batch, heads, len_q, -1)
 
 
@@ -109,8 +114,9 @@ def sdpa_attention(
     """torch's fused ``scaled_dot_product_attention`` with the pair bias and padding merged into one float mask."""
     if dropout_p > 0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
         # torch's SDPA runs its math kernel for dropout on CPU anyway; this one drops with the cheaper dropout
+        empty = key_padding_mask is not None and bool(key_padding_mask.all(-1).any())
         return _cpu_attention_with_dropout(q, k, v, merge_bias_and_mask(bias, key_padding_mask, q.dtype),
-                                           dropout_p=dropout_p, scale=scale)
+                                           dropout_p=dropout_p, scale=scale, safe=empty)
     mask = merge_bias_and_mask(bias, key_padding_mask, q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 

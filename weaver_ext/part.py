@@ -294,7 +294,9 @@ class ParticleTransformer(nn.Module):
             local = local.to(x.dtype).expand(-1, self.cfg.blocks.num_heads, -1, -1)
             bias = local if bias is None else bias + local
         if bias is not None and self._blocks_take_a_merged_mask():  # once here instead of once per block
-            bias, padding_mask = merge_bias_and_mask(bias, padding_mask, bias.dtype), None
+            empty = padding_mask.all(-1)  # jets without particles: left unmasked, or softmax would give NaN
+            bias = merge_bias_and_mask(bias, padding_mask.masked_fill(empty[:, None], False), bias.dtype)
+            padding_mask = None
         use_checkpoint = self.cfg.blocks.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if use_checkpoint:
@@ -350,11 +352,14 @@ class ParticleTransformer(nn.Module):
             raise ValueError(f"inference_path='bucketed' is not supported by {type(self).__name__} with these options")
         return True
 
-    def use_bucketed_training(self, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
-        """Training forwards run per length bucket (``bucketed.py``) unless ``training_path='padded'``. Pair inputs
-        beyond the four-vectors, and the DSA indexer (its pair BatchNorms normalise over the pairs it selected in
-        the whole batch), keep the padded path."""
-        if not self.training or self.cfg.inference.training_path != "bucketed" or uu is not None or uu_idx is not None:
+    def use_bucketed_training(self, x: Tensor, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
+        """Training forwards run per length bucket (``bucketed.py``): by default on CPU, where it is measured (on a GPU
+        only with ``training_path='bucketed'``). Pair inputs beyond the four-vectors, and the DSA indexer (its pair
+        BatchNorms normalise over the pairs it selected in the whole batch), keep the padded path."""
+        path = self.cfg.inference.training_path
+        if path == "auto":
+            path = "bucketed" if x.device.type == "cpu" else "padded"
+        if not self.training or path != "bucketed" or uu is not None or uu_idx is not None:
             return False
         return can_bucket_pairs(self.pair_embed) and self.cfg.attn.kind != "dsa_indexer"
 
@@ -380,7 +385,7 @@ class ParticleTransformer(nn.Module):
             inference = self.cfg.inference
             fast_cfg = FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype)
             return FastParT(self, fast_cfg)(x, v, mask)
-        if self.use_bucketed_training(uu, uu_idx):
+        if self.use_bucketed_training(x, uu, uu_idx):
             ctx = self.new_context()
             x, v, mask, _ = self.trim_inputs(x, v, mask, None, None)
             out = bucketed_outputs(self, x, v, mask, bucket_size=self.cfg.inference.bucket_size, ctx=ctx)

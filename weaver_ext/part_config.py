@@ -149,8 +149,9 @@ class InferenceConfig:
     inference_path: Literal["standard", "bucketed"] = "standard"
     bucket_size: int = 32  # jets per length bucket of the bucketed paths (inference and training)
     # training forwards: 'bucketed' runs each length bucket cut to its own longest jet (weaver_ext.bucketed), with
-    # the padded path's BatchNorm statistics, losses and gradients; 'padded' runs the whole batch padded (weaver's way)
-    training_path: Literal["bucketed", "padded"] = "bucketed"
+    # the padded path's BatchNorm statistics, losses and gradients; 'padded' runs the whole batch padded (weaver's
+    # way); 'auto': bucketed on CPU, padded on GPU (where the bucketed path has not been measured yet)
+    training_path: Literal["auto", "bucketed", "padded"] = "auto"
     inference_dtype: Literal["fp32", "bf16"] = "fp32"
     trim: bool = True
     for_inference: bool = False  # injected by weaver (--export-onnx / --predict)
