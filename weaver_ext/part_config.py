@@ -143,7 +143,7 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How the model runs outside training, and the flags weaver injects."""
+    """Execution paths (bucketed inference and training, precision, trimming) and the flags weaver injects."""
 
     # eval without gradients: 'bucketed' runs weaver_ext.fast_inference with identical outputs
     inference_path: Literal["standard", "bucketed"] = "standard"
