@@ -51,22 +51,47 @@ class BenchConfig:
     part_version: float = 1  # weaver-core's ParticleTransformer(version=...), ours with -o part_version
 
 
-def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.device):
-    """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and ours with the same weights."""
-    torch.manual_seed(cfg.seed)
-    options = {"part_version": cfg.part_version}
-    ours_cfg = from_options(ParTConfig, options, where="profiling/bench.py", input_dim=input_dim,
-                            num_classes=num_classes, defaults=version_defaults(options, None, where="--part-version"))
-    # built as the published recipe builds it (example_ParticleTransformer.py), which our defaults reproduce
-    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=cfg.part_version,
-                           use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair)
-    if cfg.weights:
-        state = read_state_dict(cfg.weights)
-        state = {k.removeprefix("mod."): v for k, v in state.items()}
-        check_state_dict(reference, state, source=cfg.weights)
+def paired_part(input_dim: int, num_classes: int, *, part_version: float, options: dict | None = None,
+                block_params: dict | None = None, weights: str | None = None, where: str = "profiling.bench"):
+    """weaver-core's ParT, built as the published recipe builds it (example_ParticleTransformer.py, which our
+    defaults reproduce), and our ParT with its weights: (reference, ours). ``options`` are our ``-o`` options,
+    ``block_params`` weaver-core's; ``weights`` a weaver-core state_dict (a 'mod.' prefix is removed)."""
+    options = {"part_version": part_version, **(options or {})}
+    ours_cfg = from_options(ParTConfig, options, where=where, input_dim=input_dim, num_classes=num_classes,
+                            defaults=version_defaults(options, None, where="--part-version"))
+    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=part_version,
+                           use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair,
+                           block_params=block_params)
+    if weights:
+        state = {k.removeprefix("mod."): v for k, v in read_state_dict(weights).items()}
+        check_state_dict(reference, state, source=weights)
         reference.load_state_dict(state)
     ours = ParticleTransformer(ours_cfg)
     ours.load_state_dict(reference.state_dict())
+    return reference, ours
+
+
+def real_batches(files, data_config: str, *, batch_size: int, num_batches: int, seed: int, device: torch.device,
+                 labels: bool = False) -> tuple[list[tuple], int, int]:
+    """Full batches of real jets in a seeded random order (classes mixed): (batches of (x, v, mask[, label]),
+    input_dim, num_classes)."""
+    jets = load_real_jets(files, data_config, max_jets=batch_size * num_batches)
+    n_jets = len(jets.labels)
+    order = torch.randperm(n_jets, generator=torch.Generator().manual_seed(seed))
+    names = ("pf_features", "pf_vectors", "pf_mask")
+    label_tensor = torch.as_tensor(jets.labels)
+    batches = [tuple(jets.inputs[k][idx].to(device) for k in names) + ((label_tensor[idx].to(device),) if labels
+                                                                      else ())
+               for idx in order.split(batch_size) if len(idx) == batch_size]
+    if not batches:
+        raise ValueError(f"need at least {batch_size} jets, the input has {n_jets}")
+    return batches, jets.inputs["pf_features"].shape[1], len(jets.label_names)
+
+
+def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.device):
+    """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and our fast path, same weights."""
+    torch.manual_seed(cfg.seed)
+    reference, ours = paired_part(input_dim, num_classes, part_version=cfg.part_version, weights=cfg.weights)
     fast = FastParT(ours.to(device).eval(), FastInferenceConfig(bucket_size=cfg.bucket_size, dtype=cfg.dtype))
     return reference.to(device).eval(), fast
 
@@ -85,17 +110,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Alternate timed passes of both models over the same batches; return speeds, ratio and output agreement."""
     device = check_device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    jets = load_real_jets(cfg.files, cfg.data_config, max_jets=cfg.batch_size * cfg.num_batches)
-    n_jets = len(jets.labels)
-    order = torch.randperm(n_jets, generator=torch.Generator().manual_seed(cfg.seed))  # mix classes in each batch
-    names = ("pf_features", "pf_vectors", "pf_mask")
-    batches = [
-        tuple(jets.inputs[k][idx].to(device) for k in names) for idx in order.split(cfg.batch_size)
-        if len(idx) == cfg.batch_size
-    ]
-    if not batches:
-        raise ValueError(f"need at least {cfg.batch_size} jets, the input has {n_jets}")
-    reference, fast = _models(cfg, jets.inputs["pf_features"].shape[1], len(jets.label_names), device)
+    batches, input_dim, num_classes = real_batches(cfg.files, cfg.data_config, batch_size=cfg.batch_size,
+                                                   num_batches=cfg.num_batches, seed=cfg.seed, device=device)
+    reference, fast = _models(cfg, input_dim, num_classes, device)
 
     def run_reference(x, v, m):
         return torch.softmax(reference(x, v, m).float(), dim=1)

@@ -18,13 +18,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from weaver.nn.model.ParticleTransformer import ParticleTransformer as WeaverParT
 
-from profiling.bench import device_name
-from profiling.loading import check_device, load_real_jets
-from weaver_ext.config import from_options
-from weaver_ext.part import ParticleTransformer
-from weaver_ext.part_config import ParTConfig, version_defaults
+from profiling.bench import device_name, paired_part, real_batches
+from profiling.loading import check_device
 
 __all__ = ["TrainBenchConfig", "format_train_result", "run_train_bench"]
 
@@ -51,16 +47,11 @@ class TrainBenchConfig:
 def _models(cfg: TrainBenchConfig, input_dim: int, num_classes: int, device: torch.device):
     """weaver-core's ParT as ``weaver`` trains it and ours with the same weights, both in training mode."""
     torch.manual_seed(cfg.seed)
-    options = {"part_version": cfg.part_version, "training_path": cfg.training_path, "bucket_size": cfg.bucket_size,
+    options = {"training_path": cfg.training_path, "bucket_size": cfg.bucket_size,
                **({} if cfg.dropout else NO_DROPOUT)}
-    ours_cfg = from_options(ParTConfig, options, where="profiling.bench --train", input_dim=input_dim,
-                            num_classes=num_classes, defaults=version_defaults(options, None, where="--part-version"))
-    block_params = None if cfg.dropout else dict(NO_DROPOUT)
-    reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=cfg.part_version,
-                           use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair,
-                           block_params=block_params)
-    ours = ParticleTransformer(ours_cfg)
-    ours.load_state_dict(reference.state_dict())
+    reference, ours = paired_part(input_dim, num_classes, part_version=cfg.part_version, options=options,
+                                  block_params=None if cfg.dropout else dict(NO_DROPOUT),
+                                  where="profiling.bench --train")
     return reference.to(device).train(), ours.to(device).train()
 
 
@@ -78,16 +69,10 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict:
     """Alternate timed rounds of training steps of both models; return speeds, ratio and losses."""
     device = check_device(cfg.device)
     torch.set_num_threads(cfg.threads)
-    jets = load_real_jets(cfg.files, cfg.data_config, max_jets=cfg.batch_size * cfg.num_batches)
-    n_jets = len(jets.labels)
-    order = torch.randperm(n_jets, generator=torch.Generator().manual_seed(cfg.seed))
-    labels = torch.as_tensor(jets.labels)
-    names = ("pf_features", "pf_vectors", "pf_mask")
-    batches = [tuple(jets.inputs[k][idx].to(device) for k in names) + (labels[idx].to(device),)
-               for idx in order.split(cfg.batch_size) if len(idx) == cfg.batch_size]
-    if not batches:
-        raise ValueError(f"need at least {cfg.batch_size} jets, the input has {n_jets}")
-    reference, ours = _models(cfg, jets.inputs["pf_features"].shape[1], len(jets.label_names), device)
+    batches, input_dim, num_classes = real_batches(cfg.files, cfg.data_config, batch_size=cfg.batch_size,
+                                                   num_batches=cfg.num_batches, seed=cfg.seed, device=device,
+                                                   labels=True)
+    reference, ours = _models(cfg, input_dim, num_classes, device)
     models = {"weaver": reference, "ours": ours}
     optimizers = {name: torch.optim.AdamW(m.parameters(), lr=cfg.lr) for name, m in models.items()}
     losses: dict[str, list[float]] = {name: [] for name in models}
