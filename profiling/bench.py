@@ -169,10 +169,15 @@ def _roofline(cfg: BenchConfig, reference: torch.nn.Module, batches: list, resul
             "ours_fraction_of_peak": per_pass["ours"] / ours_peak}
 
 
+def cpu_kernels(result: dict) -> str:
+    """' (AVX512)': the CPU kernel level torch picked, shown for CPU runs only (a GPU run's host CPU is irrelevant)."""
+    return f" ({result['cpu_capability']})" if result["config"]["device"] == "cpu" else ""
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model from /proc/cpuinfo."""
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -185,7 +190,7 @@ def device_name(device: torch.device) -> str:
 def format_result(r: dict) -> str:
     c = r["config"]
     return "\n".join([
-        f"device: {r['device']} ({r['cpu_capability']}), threads={c['threads']}, batch={c['batch_size']}, "
+        f"device: {r['device']}{cpu_kernels(r)}, threads={c['threads']}, batch={c['batch_size']}, "
         f"dtype={c['dtype']}, jets={r['jets']} (multiplicity mean {r['multiplicity_mean']:.1f}, "
         f"max {r['multiplicity_max']:.0f})",
         f"weaver-core ParT fp32 : {r['weaver_jets_per_s']:8.1f} jets/s   (version {c['part_version']:g} for both)",

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from profiling.bench import device_name, paired_part, real_batches
+from profiling.bench import cpu_kernels, device_name, paired_part, real_batches
 from profiling.loading import check_device
 
 __all__ = ["TrainBenchConfig", "format_train_result", "run_train_bench"]
@@ -115,7 +115,7 @@ def format_train_result(r: dict) -> str:
                  f"mean loss: weaver {r['weaver_mean_loss']:.4f}, ours {r['ours_mean_loss']:.4f} "
                  "(dropout draws different masks)")
     return "\n".join([
-        f"device: {r['device']} ({r['cpu_capability']}), threads={c['threads']}, batch={c['batch_size']}, "
+        f"device: {r['device']}{cpu_kernels(r)}, threads={c['threads']}, batch={c['batch_size']}, "
         f"{r['jets_per_round']} jets per round x {c['repeats']} rounds (multiplicity mean "
         f"{r['multiplicity_mean']:.1f}, max {r['multiplicity_max']:.0f})",
         f"training step (forward, cross-entropy, backward, AdamW), ParT version {c['part_version']:g}, "

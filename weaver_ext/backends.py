@@ -50,7 +50,12 @@ class BackendInfo:
 
 
 def merge_bias_and_mask(bias: Tensor | None, key_padding_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """One additive float mask from the pair bias and the key padding mask (-inf on padded keys)."""
+    """One additive float mask, in ``dtype``, from the pair bias and the key padding mask (-inf on padded keys).
+
+    The mask must have the query's dtype: CUDA's fused kernels reject another (memory-efficient) or, with cuDNN
+    attention in torch 2.11, return NaN for an fp32 mask on bf16 queries (measured on an H200)."""
+    if bias is not None:
+        bias = bias.to(dtype)
     if key_padding_mask is None:
         return bias
     pad = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)

@@ -86,13 +86,13 @@ def _fold_conv_bn(seq: nn.Sequential) -> list[nn.Module]:
                 last_linear.bias.data.mul_(scale).add_(shift)
         elif isinstance(module, nn.Conv1d):
             weight = module.weight.detach()[:, :, 0].clone()
-            bias = module.bias.detach().clone() if module.bias is not None else torch.zeros(weight.size(0))
+            bias = module.bias.detach().clone() if module.bias is not None else weight.new_zeros(weight.size(0))
             if pending_in is not None:
                 scale, shift = pending_in
                 bias = bias + weight @ shift
                 weight = weight * scale[None, :]
                 pending_in = None
-            last_linear = nn.Linear(weight.size(1), weight.size(0))
+            last_linear = nn.Linear(weight.size(1), weight.size(0), device=weight.device, dtype=weight.dtype)
             last_linear.weight.data.copy_(weight)
             last_linear.bias.data.copy_(bias)
             out.append(last_linear)

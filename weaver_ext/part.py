@@ -353,8 +353,8 @@ class ParticleTransformer(nn.Module):
         return True
 
     def use_bucketed_training(self, x: Tensor, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
-        """Training forwards run per length bucket (``bucketed.py``): by default on CPU, where it is measured (on a GPU
-        only with ``training_path='bucketed'``). Pair inputs beyond the four-vectors, and the DSA indexer (its pair
+        """Training forwards run per length bucket (``bucketed.py``): by default on CPU (on a GPU only with
+        ``training_path='bucketed'``: measured 2.5-4x slower than padding on an H200, docs/benchmarks.md). Pair inputs beyond the four-vectors, and the DSA indexer (its pair
         BatchNorms normalise over the pairs it selected in the whole batch), keep the padded path."""
         path = self.cfg.inference.training_path
         if path == "auto":
