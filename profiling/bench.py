@@ -7,7 +7,8 @@ Both models see the same batches of real generated jets (weaver's own preprocess
 Prints jets/s of both, the ratio, the max |difference| of the softmax outputs and the argmax agreement. This is a
 benchmark script, not a test: the numbers depend on the machine and its load.
 
-``--train`` benchmarks training steps instead (``profiling/bench_train.py``).
+``--train`` benchmarks training steps instead (``profiling/bench_train.py``), ``--onnx`` onnxruntime on both models'
+exports (``profiling/bench_onnx.py``).
 """
 
 from __future__ import annotations
@@ -52,16 +53,18 @@ class BenchConfig:
 
 
 def paired_part(input_dim: int, num_classes: int, *, part_version: float, options: dict | None = None,
-                block_params: dict | None = None, weights: str | None = None, where: str = "profiling.bench"):
+                block_params: dict | None = None, weights: str | None = None, where: str = "profiling.bench",
+                for_inference: bool = False):
     """weaver-core's ParT, built as the published recipe builds it (example_ParticleTransformer.py, which our
     defaults reproduce), and our ParT with its weights: (reference, ours). ``options`` are our ``-o`` options,
-    ``block_params`` weaver-core's; ``weights`` a weaver-core state_dict (a 'mod.' prefix is removed)."""
-    options = {"part_version": part_version, **(options or {})}
+    ``block_params`` weaver-core's; ``weights`` a weaver-core state_dict (a 'mod.' prefix is removed);
+    ``for_inference`` builds both as ``weaver --export-onnx`` does (softmax output, no trimmer)."""
+    options = {"part_version": part_version, "for_inference": for_inference, **(options or {})}
     ours_cfg = from_options(ParTConfig, options, where=where, input_dim=input_dim, num_classes=num_classes,
                             defaults=version_defaults(options, None, where="--part-version"))
     reference = WeaverParT(input_dim=input_dim, num_classes=num_classes, fc_params=[], version=part_version,
                            use_pre_activation_pair=ours_cfg.embedding.use_pre_activation_pair,
-                           block_params=block_params)
+                           block_params=block_params, for_inference=for_inference)
     if weights:
         state = {k.removeprefix("mod."): v for k, v in read_state_dict(weights).items()}
         check_state_dict(reference, state, source=weights)
@@ -231,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--part-version", type=float, default=1.0, choices=[1.0, 2.0, 3.0, 3.5, 3.6],
                    help="weaver-core ParT version, ours built with the same -o part_version")
     p.add_argument("--out", help="write the result as JSON here")
+    onnx = p.add_argument_group("ONNX (--onnx)")
+    onnx.add_argument("--onnx", action="store_true",
+                      help="onnxruntime: our fast-path export against weaver-core's export (profiling/bench_onnx.py)")
+    onnx.add_argument("--latency-jets", type=int, default=256, help="jets timed one at a time for the batch-1 latency")
     train = p.add_argument_group("training (--train)")
     train.add_argument("--train", action="store_true", help="benchmark training steps (default batch 128)")
     train.add_argument("--training-path", default="bucketed", choices=["bucketed", "padded"])
@@ -239,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = expand_input_files(args.input) if args.input else _default_files(seed=11)
     if args.train:
         return _main_train(args, files)
+    if args.onnx:
+        return _main_onnx(args, files)
     cfg = BenchConfig(
         files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 256,
         num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
@@ -246,6 +255,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     result = run_bench(cfg)
     print(format_result(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _main_onnx(args: argparse.Namespace, files: list[str]) -> int:
+    from profiling.bench_onnx import OnnxBenchConfig, format_onnx_result, run_onnx_bench
+
+    if args.device != "cpu" or args.dtype != "fp32":
+        raise SystemExit("profiling.bench: --onnx runs onnxruntime's CPU provider in fp32 (no --device/--dtype)")
+    cfg = OnnxBenchConfig(
+        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 256,
+        num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, bucket_size=args.bucket_size,
+        latency_jets=args.latency_jets, weights=args.weights, part_version=args.part_version,
+    )
+    result = run_onnx_bench(cfg)
+    print(format_onnx_result(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0

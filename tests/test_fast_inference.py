@@ -8,7 +8,7 @@ from torch import nn
 
 from tests.conftest import JETCLASS_CONFIGS
 from tests.helpers import weaver_batch
-from weaver_ext.fast_inference import FastInferenceConfig, FastParT, _fold_conv_bn, pack_real_first
+from weaver_ext.fast_inference import FastInferenceConfig, FastParT, FoldedLinear, _fold_conv_bn, pack_real_first
 from weaver_ext.part import ParticleTransformer
 from weaver_ext.part_config import part_config
 
@@ -83,7 +83,7 @@ def test_folding_conv_batchnorm_is_exact():
     _randomise_batchnorms(seq)
     seq.eval()
     folded = nn.Sequential(*_fold_conv_bn(seq))
-    assert [type(m) for m in folded] == [nn.Linear, nn.GELU, nn.Linear]
+    assert [type(m) for m in folded] == [FoldedLinear, nn.GELU, FoldedLinear]  # nn.Linear with given weights
     x = torch.randn(50, 4)
     with torch.no_grad():
         expected = seq(x.T.unsqueeze(0)).squeeze(0).T

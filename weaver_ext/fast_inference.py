@@ -21,7 +21,8 @@ from torch import nn
 
 from .bucketed import length_buckets, pack_real_first, real_pair_features, real_pairs
 
-__all__ = ["FastInferenceConfig", "FastParT", "FoldedPairEmbed", "can_fold", "length_buckets", "pack_real_first"]
+__all__ = ["FastInferenceConfig", "FastParT", "FoldedLinear", "FoldedPairEmbed", "can_fold", "fast_inference_forward",
+           "length_buckets", "pack_real_first"]
 
 Tensor = torch.Tensor
 
@@ -70,35 +71,54 @@ def can_fold(pair_embed: nn.Module | None) -> bool:
     return pair_embed is not None and pair_embed.is_symmetric and not pair_embed.pairwise_input_dim
 
 
+class FoldedLinear(nn.Linear):
+    """An ``nn.Linear`` holding given (folded) weights: no random initialisation, so building one while
+    ``torch.onnx.export`` traces adds no random op to the graph (the folding arithmetic is constant-folded)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        nn.Module.__init__(self)
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+
 def _fold_conv_bn(seq: nn.Sequential) -> list[nn.Module]:
-    """Turn [BN?, (Conv1d, BN, act)*] into [Linear, act, ..., Linear] with identical eval-mode outputs."""
+    """Turn [BN?, (Conv1d, BN, act)*] into [Linear, act, ..., Linear] with identical eval-mode outputs.
+
+    Pure functions of the parameters (no in-place updates), so that under ONNX tracing the folding is constant-folded
+    into the exported weights."""
     out: list[nn.Module] = []
     pending_in: tuple[Tensor, Tensor] | None = None  # affine (scale, shift) applied to the next conv's input
-    last_linear: nn.Linear | None = None
+    linear: tuple[Tensor, Tensor] | None = None  # (weight, bias) of the linear being folded
+
+    def close_linear() -> None:
+        nonlocal linear
+        if linear is not None:
+            out.append(FoldedLinear(*linear))
+            linear = None
+
     for module in seq:
         if isinstance(module, nn.BatchNorm1d):
-            scale = module.weight / torch.sqrt(module.running_var + module.eps)
-            shift = module.bias - module.running_mean * scale
-            if last_linear is None:
+            scale = module.weight.detach() / torch.sqrt(module.running_var + module.eps)
+            shift = module.bias.detach() - module.running_mean * scale
+            if linear is None:
                 pending_in = (scale, shift)
             else:  # fold into the preceding linear's outputs
-                last_linear.weight.data.mul_(scale[:, None])
-                last_linear.bias.data.mul_(scale).add_(shift)
+                linear = (linear[0] * scale[:, None], linear[1] * scale + shift)
         elif isinstance(module, nn.Conv1d):
-            weight = module.weight.detach()[:, :, 0].clone()
-            bias = module.bias.detach().clone() if module.bias is not None else weight.new_zeros(weight.size(0))
+            close_linear()
+            weight = module.weight.detach()[:, :, 0]
+            bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.size(0))
             if pending_in is not None:
                 scale, shift = pending_in
                 bias = bias + weight @ shift
                 weight = weight * scale[None, :]
                 pending_in = None
-            last_linear = nn.Linear(weight.size(1), weight.size(0), device=weight.device, dtype=weight.dtype)
-            last_linear.weight.data.copy_(weight)
-            last_linear.bias.data.copy_(bias)
-            out.append(last_linear)
+            linear = (weight.clone(), bias.clone())
         else:  # activation: later BatchNorms can no longer fold into this linear
+            close_linear()
             out.append(module)
-            last_linear = None
+    close_linear()
     if pending_in is not None:
         raise ValueError("pair embedding ends with a BatchNorm that has no convolution to fold into")
     return out
@@ -122,6 +142,17 @@ class FastParT(nn.Module):
         model = self.model
         pair_embed = model.pair_embed
         self.folded = FoldedPairEmbed(pair_embed) if self.cfg.fold_pair_embed and can_fold(pair_embed) else None
+
+    def forward_group(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """One group of jets the caller has already bucketed: real particles first, trimmed to its longest jet.
+
+        The graph ``weaver --export-onnx`` writes with ``-o inference_path 'bucketed'``: the folded pair embedding on
+        the real i <= j pairs, then the blocks at the group's own length. Without autograd state or Python-side
+        branching on data, so the TorchScript exporter traces it with dynamic batch and length axes."""
+        out = self._group(x, v, mask).float()
+        if self.model.for_inference and self.model.cfg.head.task == "classification" and self.model.fc is not None:
+            out = torch.softmax(out, dim=1)
+        return out
 
     def _group(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """The model's own encode/pool/head on one group already trimmed to its longest jet."""
@@ -150,3 +181,29 @@ class FastParT(nn.Module):
         if self.model.for_inference and self.model.cfg.head.task == "classification" and self.model.fc is not None:
             outputs = torch.softmax(outputs, dim=1)
         return outputs
+
+
+def fast_inference_forward(model: nn.Module, x: Tensor, v: Tensor | None, mask: Tensor, uu: Tensor | None,
+                           uu_idx: Tensor | None) -> Tensor | None:
+    """``inference_path='bucketed'`` in eval: the fast path's outputs, or None where the standard forward runs.
+
+    - Under ONNX export (tracing): the graph of one caller-made bucket (``FastParT.forward_group``, docs/onnx.md).
+    - Eagerly without gradients: length buckets, folded pair embedding, optional bf16 (``FastParT``).
+    - With gradients, or with extra pair inputs (``uu``): None.
+    """
+    supported = model.supports_fast_inference  # without a foldable pair embedding, the dense one is used
+    unsupported = (f"inference_path='bucketed' is not supported by {type(model).__name__} with these options (sparse "
+                   "attention; extra pair inputs under export): use the default path")
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if not supported or uu is not None or uu_idx is not None:
+            raise ValueError(unsupported)
+        return FastParT(model).forward_group(x, v, mask.bool())
+    if torch.is_grad_enabled() or uu is not None or uu_idx is not None:
+        return None
+    if not supported:
+        raise ValueError(unsupported)
+    # built per call on purpose: folding a few small matrices costs microseconds and can never go stale after
+    # load_state_dict (the bf16 option also copies the weights per call: ~10 ms per batch)
+    inference = model.cfg.inference
+    return FastParT(model, FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype))(
+        x, v, mask)

@@ -342,20 +342,11 @@ class ParticleTransformer(nn.Module):
         """Whether ``FastParT`` reproduces this model (sparse attention selects per jet length: no)."""
         return not self.cfg.sparse_layers
 
-    def use_fast_inference(self, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
-        """The bucketed path runs in eval without gradients, outside ONNX tracing, for kinematic pair inputs."""
-        if self.cfg.inference.inference_path != "bucketed" or self.training or torch.is_grad_enabled():
-            return False
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or uu is not None or uu_idx is not None:
-            return False
-        if not self.supports_fast_inference:
-            raise ValueError(f"inference_path='bucketed' is not supported by {type(self).__name__} with these options")
-        return True
-
     def use_bucketed_training(self, x: Tensor, uu: Tensor | None, uu_idx: Tensor | None) -> bool:
-        """Training forwards run per length bucket (``bucketed.py``): by default on CPU (on a GPU only with
-        ``training_path='bucketed'``: measured 2.5-4x slower than padding on an H200, docs/benchmarks.md). Pair inputs beyond the four-vectors, and the DSA indexer (its pair
-        BatchNorms normalise over the pairs it selected in the whole batch), keep the padded path."""
+        """Training forwards run per length bucket (``bucketed.py``): by default on CPU; on a GPU only with
+        ``training_path='bucketed'`` (measured 2.5-4x slower than padding on an H200, docs/benchmarks.md). Pair
+        inputs beyond the four-vectors, and the DSA indexer (its pair BatchNorms normalise over the pairs it selected
+        in the whole batch), keep the padded path."""
         path = self.cfg.inference.training_path
         if path == "auto":
             path = "bucketed" if x.device.type == "cpu" else "padded"
@@ -377,14 +368,12 @@ class ParticleTransformer(nn.Module):
         """x: (B, C, L) features; v: (B, 4, L) (px, py, pz, E); mask: (B, 1, L), 1 for real particles."""
         if mask is None:
             mask = torch.ones_like(x[:, :1])
-        if self.use_fast_inference(uu, uu_idx):
-            from .fast_inference import FastInferenceConfig, FastParT
+        if self.cfg.inference.inference_path == "bucketed" and not self.training:
+            from .fast_inference import fast_inference_forward
 
-            # built per call on purpose: folding a few small matrices costs microseconds and can never go stale
-            # after load_state_dict (the bf16 option also copies the weights per call: ~10 ms per batch)
-            inference = self.cfg.inference
-            fast_cfg = FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype)
-            return FastParT(self, fast_cfg)(x, v, mask)
+            out = fast_inference_forward(self, x, v, mask, uu, uu_idx)
+            if out is not None:
+                return out
         if self.use_bucketed_training(x, uu, uu_idx):
             ctx = self.new_context()
             x, v, mask, _ = self.trim_inputs(x, v, mask, None, None)
