@@ -84,8 +84,10 @@ def test_bucket_slices_sort_and_trim():
     mask = np.zeros((5, 1, 10), dtype=np.float32)
     for row, n in enumerate([7, 0, 3, 10, 3]):
         mask[row, 0, :n] = 1
-    slices = bucket_slices(mask, 2)
-    assert [(idx.tolist(), length) for idx, length in slices] == [([1, 2], 3), ([4, 0], 7), ([3], 10)]
+    slices = bucket_slices(mask, 2)  # ceil(5 / 2) = 3 buckets; sorted lengths 0 3 3 7 10
+    assert np.concatenate([idx for idx, _ in slices]).tolist() == [1, 2, 4, 0, 3]
+    assert [length for _, length in slices] == [max(mask[idx].sum(axis=(1, 2)).max(), 1) for idx, _ in slices]
+    assert sum(len(idx) * length for idx, length in slices) == 27  # fewest slots: (0 -> 1)(3 3)(7 10)
     assert [(idx.tolist(), length) for idx, length in bucket_slices(mask, 0)] == [([1, 2, 4, 0, 3], 10)]
 
 

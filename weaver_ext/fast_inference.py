@@ -31,7 +31,7 @@ Tensor = torch.Tensor
 class FastInferenceConfig:
     """Options of the fast inference path."""
 
-    bucket_size: int = 32  # jets per length bucket; 0 = one bucket (trim to the batch maximum only)
+    bucket_size: int = 32  # about this many jets per length bucket (bucketed.length_buckets); 0 = one bucket
     fold_pair_embed: bool = True
     dtype: Literal["fp32", "bf16"] = "fp32"
 

@@ -1,8 +1,9 @@
-"""The calling convention of the fast-path ONNX graph: the caller buckets jets by multiplicity (numpy only).
+"""The calling convention of the fast-path ONNX graph: the caller buckets jets by multiplicity (numpy arrays in).
 
 ``weaver --export-onnx`` with ``-o inference_path "'bucketed'"`` writes a graph for one bucket: its length axis is
 dynamic and every particle slot it is given is computed. So the caller, as in production, sorts the jets of a batch
-by multiplicity, cuts groups of ``bucket_size``, trims each group to its longest jet and runs the graph per group.
+by multiplicity, cuts about ``bucket_size`` jets per group (boundaries with the fewest padded slots), trims each group
+to its longest jet and runs the graph per group.
 ``predict_bucketed`` does that for an onnxruntime session; docs/onnx.md shows it in a few lines.
 """
 
@@ -12,15 +13,22 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .bucketed import min_padding_sizes
+
 __all__ = ["bucket_slices", "predict_bucketed", "trim_to_longest"]
 
 
 def bucket_slices(mask: np.ndarray, bucket_size: int) -> list[tuple[np.ndarray, int]]:
-    """(jet indices, length) per bucket: jets sorted by multiplicity, ``bucket_size`` per bucket (0 = one bucket),
-    each bucket's length its longest jet (at least 1). mask: (N, 1, L), nonzero for real particles in front."""
+    """(jet indices, length) per bucket, as the PyTorch fast path buckets: jets sorted by multiplicity, split into
+    ceil(N / ``bucket_size``) buckets (0 = one) with the fewest padded slots, each cut to its longest jet (at least 1).
+    mask: (N, 1, L), nonzero for real particles in front."""
     lengths = (mask[:, 0] != 0).sum(axis=1)
     order = np.argsort(lengths, kind="stable")
-    groups = [order] if bucket_size <= 0 else np.split(order, range(bucket_size, len(order), bucket_size))
+    if bucket_size <= 0 or len(order) <= bucket_size:
+        groups = [order]
+    else:
+        sizes = min_padding_sizes(lengths[order], -(-len(order) // bucket_size))
+        groups = np.split(order, np.cumsum(sizes)[:-1])
     return [(idx, max(int(lengths[idx].max()), 1)) for idx in groups if len(idx)]
 
 

@@ -32,7 +32,7 @@ from .attention import DenseCore, MultiheadAttention
 from .attention_kinds import build_core
 from .backends import merge_bias_and_mask
 from .blocks import Block, BlockConfig, attention_options
-from .bucketed import bucketed_outputs, can_bucket_pairs
+from .bucketed import bucketed_outputs, can_bucket_pairs, real_pair_bias
 from .config import config_with
 from .context import ForwardContext, ValueResidual
 from .dropout import Dropout
@@ -238,6 +238,9 @@ class ParticleTransformer(nn.Module):
         if v is not None and self.for_inference:
             # the dense (export) path embeds padded pairs too: zero padding would give atan2(0, 0), NaN in ONNX
             v = torch.where(mask.bool(), v, masked_vector_like(v))
+        if self.pair_embed.training and uu is None and can_bucket_pairs(self.pair_embed) \
+                and self.pair_embed.sparse_eval[0]:
+            return real_pair_bias(self.pair_embed, v, mask)  # weaver's sparse training path, as matrix products
         return self.pair_embed(v, uu=uu, mask=mask)
 
     def encode_trimmed(self, x: Tensor, v: Tensor | None, mask: Tensor, bias: Tensor | None, *,

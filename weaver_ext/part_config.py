@@ -147,7 +147,7 @@ class InferenceConfig:
 
     # eval without gradients: 'bucketed' runs weaver_ext.fast_inference with identical outputs
     inference_path: Literal["standard", "bucketed"] = "standard"
-    bucket_size: int = 32  # jets per length bucket of the bucketed paths (inference and training)
+    bucket_size: int = 32  # about this many jets per length bucket: ceil(n / bucket_size) buckets, fewest padded slots
     # training forwards: 'bucketed' runs each length bucket cut to its own longest jet (weaver_ext.bucketed), with
     # the padded path's BatchNorm statistics, losses and gradients; 'padded' runs the whole batch padded (weaver's
     # way); 'auto': bucketed on CPU, padded on GPU (where the bucketed path has not been measured yet)
