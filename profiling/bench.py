@@ -37,19 +37,34 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchInputs:
+    """What every benchmark here shares: the jets, the batches, the timing schedule and the ParT version."""
+
     files: tuple[str, ...]
     data_config: str
     batch_size: int = 256
     num_batches: int = 4
     repeats: int = 5
     threads: int = 2
-    device: str = "cpu"
-    dtype: str = "fp32"
     bucket_size: int = 32
-    weights: str | None = None
     seed: int = 0
     part_version: float = 1  # weaver-core's ParticleTransformer(version=...), ours with -o part_version
+
+
+@dataclass(frozen=True)
+class BenchConfig(BenchInputs):
+    """Inference: weaver-core's eager ParT against our fast path."""
+
+    device: str = "cpu"
+    dtype: str = "fp32"
+    weights: str | None = None
+
+
+def bench_inputs(args: argparse.Namespace, files: Sequence[str], *, default_batch: int) -> dict:
+    """The ``BenchInputs`` fields from the command line (shared by the inference, ONNX and training benchmarks)."""
+    return {"files": tuple(files), "data_config": args.data_config, "batch_size": args.batch_size or default_batch,
+            "num_batches": args.num_batches, "repeats": args.repeats, "threads": args.threads,
+            "bucket_size": args.bucket_size, "part_version": args.part_version}
 
 
 def paired_part(input_dim: int, num_classes: int, *, part_version: float, options: dict | None = None,
@@ -248,11 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main_train(args, files)
     if args.onnx:
         return _main_onnx(args, files)
-    cfg = BenchConfig(
-        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 256,
-        num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, device=args.device, dtype=args.dtype,
-        bucket_size=args.bucket_size, weights=args.weights, part_version=args.part_version,
-    )
+    cfg = BenchConfig(**bench_inputs(args, files, default_batch=256), device=args.device, dtype=args.dtype,
+                      weights=args.weights)
     result = run_bench(cfg)
     print(format_result(result))
     if args.out:
@@ -265,11 +277,8 @@ def _main_onnx(args: argparse.Namespace, files: list[str]) -> int:
 
     if args.device != "cpu" or args.dtype != "fp32":
         raise SystemExit("profiling.bench: --onnx runs onnxruntime's CPU provider in fp32 (no --device/--dtype)")
-    cfg = OnnxBenchConfig(
-        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 256,
-        num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, bucket_size=args.bucket_size,
-        latency_jets=args.latency_jets, weights=args.weights, part_version=args.part_version,
-    )
+    cfg = OnnxBenchConfig(**bench_inputs(args, files, default_batch=256), latency_jets=args.latency_jets,
+                          weights=args.weights)
     result = run_onnx_bench(cfg)
     print(format_onnx_result(result))
     if args.out:
@@ -280,12 +289,8 @@ def _main_onnx(args: argparse.Namespace, files: list[str]) -> int:
 def _main_train(args: argparse.Namespace, files: list[str]) -> int:
     from profiling.bench_train import TrainBenchConfig, format_train_result, run_train_bench
 
-    cfg = TrainBenchConfig(
-        files=tuple(files), data_config=args.data_config, batch_size=args.batch_size or 128,
-        num_batches=args.num_batches, repeats=args.repeats, threads=args.threads, device=args.device,
-        training_path=args.training_path, bucket_size=args.bucket_size, dropout=not args.no_dropout,
-        part_version=args.part_version,
-    )
+    cfg = TrainBenchConfig(**bench_inputs(args, files, default_batch=128), device=args.device,
+                           training_path=args.training_path, dropout=not args.no_dropout)
     result = run_train_bench(cfg)
     print(format_train_result(result))
     if args.out:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from profiling.bench import cpu_kernels, device_name, paired_part, real_batches
+from profiling.bench import BenchInputs, cpu_kernels, device_name, paired_part, real_batches
 from weaver_ext.onnx_buckets import predict_bucketed, trim_to_longest
 
 INPUT_NAMES = ("pf_features", "pf_vectors", "pf_mask")
@@ -30,18 +30,11 @@ OPSET = 15  # weaver's --onnx-opset default
 
 
 @dataclass(frozen=True)
-class OnnxBenchConfig:
-    files: tuple[str, ...]
-    data_config: str
-    batch_size: int = 256
-    num_batches: int = 4
-    repeats: int = 5
-    threads: int = 2
-    bucket_size: int = 32
+class OnnxBenchConfig(BenchInputs):
+    """onnxruntime on both exports: throughput at the batch size and the batch-1 latency."""
+
     latency_jets: int = 256  # jets timed one at a time for the batch-1 latency
     weights: str | None = None
-    seed: int = 0
-    part_version: float = 1
 
 
 def export_like_weaver(model: torch.nn.Module, input_dim: int, path: Path) -> Path:

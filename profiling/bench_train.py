@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from profiling.bench import cpu_kernels, device_name, paired_part, real_batches
+from profiling.bench import BenchInputs, cpu_kernels, device_name, paired_part, real_batches
 from profiling.loading import check_device
 
 __all__ = ["TrainBenchConfig", "format_train_result", "run_train_bench"]
@@ -28,20 +28,15 @@ NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "activation_dropout": 0.0}
 
 
 @dataclass(frozen=True)
-class TrainBenchConfig:
-    files: tuple[str, ...]
-    data_config: str
+class TrainBenchConfig(BenchInputs):
+    """Training steps: weaver-core's ParT against ours, same initial weights, batches and per-step seeds."""
+
     batch_size: int = 128
-    num_batches: int = 4
     repeats: int = 3
-    threads: int = 2
     device: str = "cpu"
     training_path: str = "bucketed"
-    bucket_size: int = 32
     dropout: bool = True  # the published recipe's dropout 0.1; False: both models without dropout
     lr: float = 1e-3
-    seed: int = 0
-    part_version: float = 1
 
 
 def _models(cfg: TrainBenchConfig, input_dim: int, num_classes: int, device: torch.device):

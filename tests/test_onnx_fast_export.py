@@ -110,3 +110,17 @@ def test_weaver_core_export_matches_ours_with_the_same_weights(tmp_path, jet_fil
     ref = sessions["weaver"].run(None, {i.name: arrays[i.name] for i in sessions["weaver"].get_inputs()})[0]
     got = predict_bucketed(sessions["ours"], arrays, bucket_size=16)
     assert np.abs(got - ref).max() <= TOL
+
+
+def test_onnx_benchmark_runs_and_its_graphs_agree(jet_files):
+    """``profiling.bench --onnx`` on a small sample: both exports run, ours equals our PyTorch forward and
+    weaver-core's graph within 1e-5, and every number the report prints is there."""
+    from profiling.bench_onnx import OnnxBenchConfig, format_onnx_result, run_onnx_bench
+
+    cfg = OnnxBenchConfig(files=tuple(map(str, jet_files)), data_config=str(JETCLASS_CONFIGS / "JetClass_full.yaml"),
+                          batch_size=32, num_batches=2, repeats=1, latency_jets=3)
+    result = run_onnx_bench(cfg)
+    assert result["jets"] == 64
+    assert result["max_abs_diff_vs_torch"] <= TOL and result["max_abs_diff_softmax"] <= TOL
+    assert result["weaver_jets_per_s"] > 0 and result["ours_jets_per_s"] > 0 and result["ours_batch1_ms"] > 0
+    assert "batch 1 latency" in format_onnx_result(result)
