@@ -239,7 +239,7 @@ class ParticleTransformer(nn.Module):
             # the dense (export) path embeds padded pairs too: zero padding would give atan2(0, 0), NaN in ONNX
             v = torch.where(mask.bool(), v, masked_vector_like(v))
         if self.pair_embed.training and uu is None and can_bucket_pairs(self.pair_embed) \
-                and self.pair_embed.sparse_eval[0]:
+                and getattr(self.pair_embed, "sparse_eval", (False, False))[0]:
             return real_pair_bias(self.pair_embed, v, mask)  # weaver's sparse training path, as matrix products
         return self.pair_embed(v, uu=uu, mask=mask)
 
