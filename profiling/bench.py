@@ -148,27 +148,43 @@ def run_bench(cfg: BenchConfig) -> dict:
             t_fast, fast_out = _timed(run_fast, batches)
             ref_times.append(t_ref)
             fast_times.append(t_fast)
-    n = cfg.batch_size * len(batches)
     ref_out, fast_out = torch.cat(ref_out), torch.cat(fast_out)
-    lengths = torch.cat([b[2].sum(dim=(1, 2)) for b in batches]).float()
-    result = {
-        "config": asdict(cfg),
-        "device": device_name(device),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "jets": n,
-        "multiplicity_mean": float(lengths.mean()),
-        "multiplicity_max": float(lengths.max()),
-        "weaver_jets_per_s": n / statistics.median(ref_times),
-        "ours_jets_per_s": n / statistics.median(fast_times),
-        "weaver_times_s": ref_times,
-        "ours_times_s": fast_times,
+    result = speed_summary(cfg, device, [b[2] for b in batches], {"weaver": ref_times, "ours": fast_times})
+    result |= {
         "max_abs_diff_softmax": float((fast_out - ref_out).abs().max()),
         "argmax_agreement": float((fast_out.argmax(1) == ref_out.argmax(1)).float().mean()),
         "mean_max_softmax": float(ref_out.max(1).values.mean()),
     }
-    result["ratio"] = result["ours_jets_per_s"] / result["weaver_jets_per_s"]
     result.update(_roofline(cfg, reference, batches, result, device))
     return result
+
+
+def speed_summary(cfg: BenchInputs, device: torch.device, masks: Sequence, times: dict[str, list[float]]) -> dict:
+    """The part of every benchmark's result they share: config, machine, the jets' multiplicities, jets/s of both
+    models (medians of the timed passes over ``masks``' batches) and their ratio. ``masks``: (B, 1, L) per batch,
+    tensors or numpy arrays."""
+    lengths = [float(length) for mask in masks for length in mask.sum(axis=(1, 2))]
+    n = len(lengths)
+    speeds = {f"{name}_jets_per_s": n / statistics.median(values) for name, values in times.items()}
+    return {
+        "config": asdict(cfg),
+        "device": device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "jets": n,
+        "multiplicity_mean": statistics.fmean(lengths),
+        "multiplicity_max": max(lengths),
+        **speeds,
+        **{f"{name}_times_s": values for name, values in times.items()},
+        "ratio": speeds["ours_jets_per_s"] / speeds["weaver_jets_per_s"],
+    }
+
+
+def _report(result: dict, text: str, out: str | None) -> int:
+    """Print a benchmark's report; write its result as JSON to ``out`` when given."""
+    print(text)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def _roofline(cfg: BenchConfig, reference: torch.nn.Module, batches: list, result: dict,
@@ -266,10 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = BenchConfig(**bench_inputs(args, files, default_batch=256), device=args.device, dtype=args.dtype,
                       weights=args.weights)
     result = run_bench(cfg)
-    print(format_result(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0
+    return _report(result, format_result(result), args.out)
 
 
 def _main_onnx(args: argparse.Namespace, files: list[str]) -> int:
@@ -280,10 +293,7 @@ def _main_onnx(args: argparse.Namespace, files: list[str]) -> int:
     cfg = OnnxBenchConfig(**bench_inputs(args, files, default_batch=256), latency_jets=args.latency_jets,
                           weights=args.weights)
     result = run_onnx_bench(cfg)
-    print(format_onnx_result(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0
+    return _report(result, format_onnx_result(result), args.out)
 
 
 def _main_train(args: argparse.Namespace, files: list[str]) -> int:
@@ -292,10 +302,7 @@ def _main_train(args: argparse.Namespace, files: list[str]) -> int:
     cfg = TrainBenchConfig(**bench_inputs(args, files, default_batch=128), device=args.device,
                            training_path=args.training_path, dropout=not args.no_dropout)
     result = run_train_bench(cfg)
-    print(format_train_result(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0
+    return _report(result, format_train_result(result), args.out)
 
 
 if __name__ == "__main__":

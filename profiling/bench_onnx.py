@@ -16,13 +16,13 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from profiling.bench import BenchInputs, cpu_kernels, device_name, paired_part, real_batches
+from profiling.bench import BenchInputs, cpu_kernels, paired_part, real_batches, speed_summary
 from weaver_ext.onnx_buckets import predict_bucketed, trim_to_longest
 
 INPUT_NAMES = ("pf_features", "pf_vectors", "pf_mask")
@@ -90,26 +90,15 @@ def run_onnx_bench(cfg: OnnxBenchConfig) -> dict:
             times[name].append(time.perf_counter() - start)
     with torch.inference_mode():
         torch_ours = torch.cat([ours.eval()(*batch) for batch in batches]).numpy()
-    n = cfg.batch_size * len(batches)
     ref_out, our_out = np.concatenate(outputs["weaver"]), np.concatenate(outputs["ours"])
-    lengths = np.concatenate([a["pf_mask"].sum(axis=(1, 2)) for a in arrays])
-    result = {
-        "config": asdict(cfg) | {"device": "cpu"},
-        "device": device_name(torch.device("cpu")),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    result = speed_summary(cfg, torch.device("cpu"), [a["pf_mask"] for a in arrays], times)
+    result["config"]["device"] = "cpu"  # onnxruntime's CPU provider
+    result |= {
         "onnxruntime": _ort_version(),
-        "jets": n,
-        "multiplicity_mean": float(lengths.mean()),
-        "multiplicity_max": float(lengths.max()),
-        "weaver_jets_per_s": n / statistics.median(times["weaver"]),
-        "ours_jets_per_s": n / statistics.median(times["ours"]),
-        "weaver_times_s": times["weaver"],
-        "ours_times_s": times["ours"],
         "max_abs_diff_softmax": float(np.abs(our_out - ref_out).max()),
         "max_abs_diff_vs_torch": float(np.abs(our_out - torch_ours).max()),
         "argmax_agreement": float((our_out.argmax(1) == ref_out.argmax(1)).mean()),
     }
-    result["ratio"] = result["ours_jets_per_s"] / result["weaver_jets_per_s"]
     result.update(_batch1_latency(cfg, sessions, arrays))
     return result
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from profiling.bench import BenchInputs, cpu_kernels, device_name, paired_part, real_batches
+from profiling.bench import BenchInputs, cpu_kernels, paired_part, real_batches, speed_summary
 from profiling.loading import check_device
 
 __all__ = ["TrainBenchConfig", "format_train_result", "run_train_bench"]
@@ -82,24 +82,12 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    n = cfg.batch_size * len(batches)
-    lengths = torch.cat([b[2].sum(dim=(1, 2)) for b in batches]).float()
-    result = {
-        "config": asdict(cfg),
-        "device": device_name(device),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "jets_per_round": n,
-        "multiplicity_mean": float(lengths.mean()),
-        "multiplicity_max": float(lengths.max()),
-        "weaver_jets_per_s": n / statistics.median(times["weaver"]),
-        "ours_jets_per_s": n / statistics.median(times["ours"]),
-        "weaver_times_s": times["weaver"],
-        "ours_times_s": times["ours"],
+    result = speed_summary(cfg, device, [b[2] for b in batches], times)
+    result |= {
         "weaver_mean_loss": statistics.fmean(losses["weaver"]),
         "ours_mean_loss": statistics.fmean(losses["ours"]),
         "max_rel_loss_diff": max(abs(a - b) / abs(a) for a, b in zip(losses["weaver"], losses["ours"], strict=True)),
     }
-    result["ratio"] = result["ours_jets_per_s"] / result["weaver_jets_per_s"]
     return result
 
 
@@ -111,7 +99,7 @@ def format_train_result(r: dict) -> str:
                  "(dropout draws different masks)")
     return "\n".join([
         f"device: {r['device']}{cpu_kernels(r)}, threads={c['threads']}, batch={c['batch_size']}, "
-        f"{r['jets_per_round']} jets per round x {c['repeats']} rounds (multiplicity mean "
+        f"{r['jets']} jets per round x {c['repeats']} rounds (multiplicity mean "
         f"{r['multiplicity_mean']:.1f}, max {r['multiplicity_max']:.0f})",
         f"training step (forward, cross-entropy, backward, AdamW), ParT version {c['part_version']:g}, "
         f"dropout {'0.1' if c['dropout'] else 'off'}",
