@@ -119,6 +119,53 @@ def test_padded_hits_do_not_change_the_output(network, data_config, opts):
     torch.testing.assert_close(out_mixed, out, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("opts", [
+    {},
+    {"attention": "dsa", "topk": 6},
+    {"latent_tokens": 4, "latent_layers": 1},
+], ids=["dense", "dsa", "latent"])
+def test_hit_count_groups_equal_one_padded_group(network, data_config, opts):
+    """Grouping events by hit count only changes the cost: evaluation outputs, and training outputs and gradients
+    with frozen BatchNorm statistics (the only coupling of a batch), equal one padded group (atol 1e-5)."""
+    lengths = [40, 7, 33, 12, 25, 9, 40, 18]
+    points, features, mask = _hits(lengths, 40, seed=3)
+    target = torch.nn.functional.normalize(torch.randn(len(lengths), 6, generator=torch.Generator().manual_seed(1)),
+                                           dim=1)
+    results = []
+    for buckets in (1, 4):
+        torch.manual_seed(0)
+        model, _ = network.get_model(data_config, **TINY, **opts, hit_buckets=buckets, augment_azimuth=False)
+        groups = model.mod.hit_groups(mask)
+        assert len(groups) == min(buckets, len(lengths))
+        model.eval()
+        with torch.no_grad():
+            evaluated = model(points, features, mask)
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        sparse = hasattr(model.mod, "dsa_step")
+        step = int(model.mod.dsa_step) if sparse else 0
+        trained = model(points, features, mask)
+        if sparse:
+            assert int(model.mod.dsa_step) == step + 1  # one schedule step per forward, not one per group
+        TrackLoss()(trained, target).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((evaluated, trained.detach(), grads))
+    (eval1, train1, grads1), (eval4, train4, grads4) = results
+    torch.testing.assert_close(eval4, eval1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(train4, train1, rtol=1e-5, atol=1e-5)
+    assert grads1.keys() == grads4.keys()
+    for name in grads1:
+        torch.testing.assert_close(grads4[name], grads1[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_events_with_equal_hit_counts_run_as_one_group(network, data_config):
+    model, _ = network.get_model(data_config, **TINY, max_hits=12)
+    _, _, mask = _hits([12, 12, 12, 12], 12)
+    assert len(model.mod.hit_groups(mask)) == 1
+
+
 def test_training_step_with_the_bound_loss_has_finite_gradients(network, data_config):
     torch.manual_seed(0)
     model, _ = network.get_model(data_config, **TINY, attention="dsa", topk=6)
@@ -185,6 +232,8 @@ def test_bad_options_fail_with_one_line(network, data_config):
         network.get_model(data_config, num_classes=3)
     with pytest.raises(ValueError, match="max_hits"):
         network.get_model(data_config, max_hits=-1)
+    with pytest.raises(ValueError, match="hit_buckets"):
+        network.get_model(data_config, hit_buckets=0)
     with pytest.raises(ValueError, match="charge_feature"):
         network.get_model(data_config, max_hits=10, charge_feature="hit_q")
 

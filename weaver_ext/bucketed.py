@@ -28,7 +28,7 @@ from torch import nn
 
 from .context import ForwardContext, ValueResidual
 
-__all__ = ["RealPairs", "bucketed_outputs", "can_bucket_pairs", "embed_pair_rows", "length_buckets",
+__all__ = ["RealPairs", "bucket_context", "bucketed_outputs", "can_bucket_pairs", "embed_pair_rows", "length_buckets",
            "min_padding_sizes", "pack_real_first", "real_pair_bias", "real_pair_elements", "real_pair_features",
            "real_pairs"]
 
@@ -157,7 +157,7 @@ def _bucket_bias(elements: Tensor, pairs: RealPairs, num_jets: int, length: int)
     return flat.view(num_jets, length, length, -1).permute(0, 3, 1, 2).contiguous()
 
 
-def _bucket_context(ctx: ForwardContext) -> ForwardContext:
+def bucket_context(ctx: ForwardContext) -> ForwardContext:
     """The context of one bucket: the forward's schedule and record list, its own value-residual state."""
     residual = None if ctx.value_residual is None else ValueResidual()
     return dataclasses.replace(ctx, value_residual=residual, pair_fn=None)
@@ -194,7 +194,7 @@ def bucketed_outputs(model: nn.Module, x: Tensor, v: Tensor | None, mask: Tensor
             bias = _bucket_bias(elements[k], RealPairs(rows[k], pair_i[k], pair_j[k]), len(idx), length)
         sub_v = None if v is None else v[idx, :, :length]
         encoded = model.encode_trimmed(x[idx, :, :length], sub_v, mask[idx, :, :length], bias,
-                                       ctx=_bucket_context(ctx), normalized_inputs=True)
+                                       ctx=bucket_context(ctx), normalized_inputs=True)
         pooled = model.pool(encoded.tokens, encoded.padding_mask)
         outputs.append(model.fc(pooled) if model.fc is not None else pooled)
     inverse = torch.argsort(torch.cat(buckets))

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bucketed import bucket_context, length_buckets
 from .config import from_options
+from .context import ForwardContext
 from .network import check_inputs
 from .part import ParticleTransformer
 from .part_config import ParTConfig, upgrade_options, version_defaults
@@ -57,6 +59,7 @@ class TrackOptions:
     """What the hit transformer adds to ParT: hit selection, the head, augmentation and the loss weights."""
 
     max_hits: int = 0  # > 0: keep only the max_hits highest-charge hits of each event (cheaper training)
+    hit_buckets: int = 4  # groups of similar hit count per batch, each cut to its own longest event (1 = pad all)
     charge_feature: str = "hit_logq"  # hit_features variable used to rank hits for max_hits
     track_head: Literal["pointer", "mlp"] = "pointer"
     augment_azimuth: bool = True  # training only: rotate each event by a random angle about z (exact symmetry)
@@ -75,6 +78,8 @@ class TrackConfig:
         track, model = self.track, self.model
         if track.max_hits < 0:
             raise ValueError(f"track option max_hits={track.max_hits} must be >= 0 (0 = keep all hits)")
+        if track.hit_buckets < 1:
+            raise ValueError(f"track option hit_buckets={track.hit_buckets} must be >= 1 (1 = one padded group)")
         if track.position_weight < 0 or track.direction_weight < 0:
             raise ValueError("track options position_weight and direction_weight must be >= 0")
         if model.inference.trim:
@@ -171,10 +176,47 @@ class TrackTransformer(ParticleTransformer):
 
     def forward(self, x: Tensor, v: Tensor | None = None, mask: Tensor | None = None, uu: Tensor | None = None,
                 uu_idx: Tensor | None = None) -> Tensor:
-        """x: (B, C, L) hit features; v: (B, 4, L) hit x, y, z, ct; mask: (B, 1, L). Returns (B, 6)."""
+        """x: (B, C, L) hit features; v: (B, 4, L) hit x, y, z, ct; mask: (B, 1, L), real hits first. Returns (B, 6).
+
+        The events run in ``hit_buckets`` groups of similar hit count, each cut to its own longest event (a 300-hit
+        event next to a 1500-hit one no longer pays for 1200 padded hits). Only BatchNorm couples the events of a
+        batch: the hit embedding's input BatchNorm still sees the whole padded batch; in training the pair
+        embedding's BatchNorm normalises over each group's pairs. In evaluation the groups change nothing but the
+        cost (tests/test_track_model.py)."""
         if mask is None:
             mask = torch.ones_like(x[:, :1])
-        encoded = self.encode(x, v, mask, uu, uu_idx)
+        ctx = self.new_context()
+        x, v, mask, uu = self.trim_inputs(x, v, mask, uu, uu_idx)  # advances the DSA schedule once per forward
+        groups = self.hit_groups(mask)
+        if len(groups) == 1:
+            out = self._forward_group(x, v, mask, uu, ctx=ctx, normalized_inputs=False)
+        else:
+            x = self.embed.input_bn(x)  # the padded batch's statistics, as with one group
+            outs = []
+            for idx in groups:
+                length = int(mask[idx].sum(dim=(1, 2)).max().clamp(min=1))
+                outs.append(self._forward_group(
+                    x[idx, :, :length], None if v is None else v[idx, :, :length], mask[idx, :, :length],
+                    None if uu is None else uu[idx, :, :length, :length], ctx=bucket_context(ctx),
+                    normalized_inputs=True))
+            out = torch.cat(outs).index_select(0, torch.argsort(torch.cat(groups)))
+        self.publish(ctx)
+        return out
+
+    def hit_groups(self, mask: Tensor) -> list[Tensor]:
+        """Event indices in ``hit_buckets`` groups of similar hit count (one group when all counts are equal or the
+        model is built for export, whose graph must not depend on the data)."""
+        counts = mask.sum(dim=(1, 2))
+        buckets = self.track.hit_buckets
+        if buckets == 1 or self.for_inference or bool(counts.min() == counts.max()):
+            return [torch.arange(mask.size(0), device=mask.device)]
+        return length_buckets(counts, -(-mask.size(0) // buckets))
+
+    def _forward_group(self, x: Tensor, v: Tensor | None, mask: Tensor, uu: Tensor | None, *, ctx: ForwardContext,
+                       normalized_inputs: bool) -> Tensor:
+        """One group of events: pair bias (dense kinds), blocks, pooled MLP head plus the pointer head."""
+        bias = None if self._uses_selected_pairs() else self.pair_bias(v, uu, mask)
+        encoded = self.encode_trimmed(x, v, mask, bias, ctx=ctx, normalized_inputs=normalized_inputs)
         out = self.fc(self.pool(encoded.tokens, encoded.padding_mask))
         if self.pointer is not None:
             self._need_vectors(v, "track_head='pointer'")

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "LightningIndexer",
     "Selection",
+    "break_ties",
     "block_key_bounds",
     "block_score_bound",
     "gather_keys",
@@ -32,6 +33,14 @@ __all__ = [
 Tensor = torch.Tensor
 
 INDEXER_CHUNK_ELEMENTS = 1 << 20  # indexer scores held at once: B x heads x chunk x N <= 1M floats
+TIE_STEP = 1e-30  # per key index: orders exact ties (ReLU zeros) by index, too small to move any non-zero fp32 score
+
+
+def break_ties(scores: Tensor, key_index: Tensor) -> Tensor:
+    """Scores minus ``TIE_STEP`` x key index, in place: exact ties (keys whose ReLU scores are all zero, common for
+    a young indexer) go to the lowest index instead of wherever ``topk`` happens to put them, so the selection does
+    not depend on the batch's padding or composition. Any non-zero fp32 score is unchanged (|s| >> 2048e-30)."""
+    return scores.sub_(key_index.to(scores.dtype) * TIE_STEP)
 
 
 class LightningIndexer(nn.Module):
@@ -202,7 +211,8 @@ def _select_exhaustive(q: Tensor, ik: Tensor, w: Tensor, pad: Tensor | None, pad
                        collect: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """One query chunk scored against every key."""
     with torch.no_grad():
-        top = indexer_scores(q, ik, w, pad_or_none).topk(kmax, dim=-1)
+        scores = indexer_scores(q, ik, w, pad_or_none)
+        top = break_ties(scores, torch.arange(scores.size(-1), device=scores.device)).topk(kmax, dim=-1)
     lse = checkpoint(_indexer_lse, q, ik, w, pad, use_reentrant=False) if collect else None
     return top.indices, torch.isfinite(top.values), lse
 
@@ -214,9 +224,9 @@ def _select_two_stage(q: Tensor, w: Tensor, rows: Tensor, missing: Tensor, bound
     with torch.no_grad():
         best = block_score_bound(q, w, *bounds).topk(nblocks, dim=-1).indices
         cand_out = gather_keys(missing, best).flatten(2)  # (B, c, nblocks * block)
-        top = _candidate_scores(q, rows, w, best, cand_out).topk(kmax, dim=-1)
         offsets = torch.arange(block, device=q.device)
         cand = (best.unsqueeze(-1) * block + offsets).flatten(2).clamp(max=length - 1)
+        top = break_ties(_candidate_scores(q, rows, w, best, cand_out), cand).topk(kmax, dim=-1)
         idx = cand.gather(-1, top.indices)
     lse = checkpoint(_candidate_lse, q, rows, w, best, cand_out, use_reentrant=False) if collect else None
     return idx, torch.isfinite(top.values), lse
