@@ -4,7 +4,6 @@
 - ``evaluation.regression_metrics``: angular and entry-point resolution of track-regression predictions;
 - ``evaluation.track_baseline``: the classical track fit, scored with the same metrics;
 - ``evaluation.dsa_accuracy``: dense ParT vs DSA-ParT test accuracy after identical ``weaver`` training.
-- ``evaluation.dsa_recall``: what DSA's two-stage key selection loses against scoring every key.
 
 ``evaluation`` may use ``profiling``'s loading helpers; ``profiling`` imports ``evaluation`` only where a table
 combines speed with physics (``profiling.compare``, ``profiling.tagger_rates``).

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,9 @@ BUDGET_MODELS: dict[str, BudgetModel] = {
 }
 
 _VALIDATION = re.compile(r"Epoch #(\d+): Current validation metric: ([-+0-9.eE]+|nan|inf)")
+_STAMP = r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]"
+_TRAINING = re.compile(_STAMP + r" INFO: Epoch #(\d+) training")
+_TRAIN_LOSS = re.compile(_STAMP + r" INFO: Train AvgLoss: ([-+0-9.eE]+|nan|inf)")
 
 
 def _training_command(model: BudgetModel, seed: int, run: Path, files: dict[str, list[str]],
@@ -118,16 +122,26 @@ def train_runs(jobs: list[tuple[str, int]], *, out: Path, files: dict[str, list[
                       f"epochs saved (exit {proc.returncode})", flush=True)
 
 
+def _seconds(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def epoch_records(run: Path) -> list[dict]:
-    """The saved epochs of a run: epoch, minutes from the process start to the checkpoint, validation loss."""
+    """The saved epochs of a run: epoch, minutes from the process start to the checkpoint, validation loss, mean
+    training loss and training seconds of the epoch (from weaver's log)."""
     start = float((run / "start_time").read_text())
     log = (run / "train.log").read_text() if (run / "train.log").is_file() else ""
     validation = {int(e): float(v) for e, v in _VALIDATION.findall(log)}
+    begins = {int(e): _seconds(t) for t, e in _TRAINING.findall(log)}
+    ends = [(_seconds(t), float(v)) for t, v in _TRAIN_LOSS.findall(log)]  # one per epoch, in epoch order
     records = []
     for path in run.glob("net_epoch-*_state.pt"):
         epoch = int(path.name.split("-")[1].split("_")[0])
-        records.append({"epoch": epoch, "minutes": (path.stat().st_mtime - start) / 60,
-                        "val_loss": validation.get(epoch, float("nan")), "path": str(path)})
+        record = {"epoch": epoch, "minutes": (path.stat().st_mtime - start) / 60,
+                  "val_loss": validation.get(epoch, float("nan")), "path": str(path)}
+        if epoch < len(ends) and epoch in begins:
+            record.update(train_loss=ends[epoch][1], train_seconds=ends[epoch][0] - begins[epoch])
+        records.append(record)
     return sorted(records, key=lambda r: r["epoch"])
 
 
@@ -162,8 +176,8 @@ def evaluate_runs(jobs: list[tuple[str, int]], *, out: Path, test: list[str], bu
             chosen = checkpoint_at(records, budget)
             rows.append({"model": name, "seed": seed, "budget_min": budget, "checkpoint": chosen,
                          "epochs_saved": sum(r["minutes"] <= budget for r in records)})
-            if chosen is not None:
-                todo[(run, chosen["epoch"])] = (name, chosen)
+            if chosen is not None and not (run / f"pred_epoch{chosen['epoch']}.root").is_file():
+                todo[(run, chosen["epoch"])] = (name, chosen)  # each checkpoint predicted once
     queue, running = list(todo.items()), []
     while queue or running:
         while queue and len(running) < parallel:
@@ -195,6 +209,21 @@ def _mean(values: list[float]) -> str:
     return f"{np.mean(values):.2f}" if values else "-"
 
 
+def step_times(out: Path, jobs: list[tuple[str, int]], steps_per_epoch: int | None = None) -> dict[str, dict]:
+    """Median training seconds per step and events per second of every model over its runs' epochs."""
+    result = {}
+    for name in dict.fromkeys(n for n, _ in jobs):
+        model = BUDGET_MODELS[name]
+        steps = steps_per_epoch or model.steps_per_epoch
+        seconds = [r["train_seconds"] / steps for seed in (s for n, s in jobs if n == name)
+                   for r in epoch_records(out / f"{name}_seed{seed}") if "train_seconds" in r]
+        if seconds:
+            median = float(np.median(seconds))
+            result[name] = {"seconds_per_step": median, "events_per_second": model.batch_size / median,
+                            "batch_size": model.batch_size}
+    return result
+
+
 def summarize(rows: list[dict], baseline: dict | None) -> str:
     """Markdown table: per model and budget, angle 68% and entry-point 68% per seed and their mean."""
     lines = ["| model | budget | epochs saved (per seed) | angle 68% [deg] per seed | mean | entry 68% [m] per seed "
@@ -214,16 +243,32 @@ def summarize(rows: list[dict], baseline: dict | None) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], baseline: dict | None, path: Path) -> None:
-    """Angle 68% and entry-point 68% against budget: one marker per seed, a line through the seed means."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, unit in ((axes[0], "angle_q68_deg", "angle 68% [deg]"), (axes[1], "position_q68_m",
-                                                                           "entry point 68% [m]")):
+    return plt
+
+
+def _finish(fig, axes, path: Path, *, xlabel: str, labels: Sequence[str], legend_size: int) -> None:
+    """Log y axes with a grid and the given x label; each axis's y label (or title); legend on the first; save."""
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def plot(rows: list[dict], baseline: dict | None, path: Path) -> None:
+    """Angle 68% and entry-point 68% against budget: one marker per seed, a line through the seed means."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4))
+    for ax, key in ((axes[0], "angle_q68_deg"), (axes[1], "position_q68_m")):
         for name in dict.fromkeys(r["model"] for r in rows):
             sel = [r for r in rows if r["model"] == name and "metrics" in r]
             if not sel:
@@ -235,14 +280,23 @@ def plot(rows: list[dict], baseline: dict | None, path: Path) -> None:
                     alpha=0.6)
         if baseline is not None:
             ax.axhline(baseline[key], color="grey", ls="--", label="principal axis (q^4)")
-        ax.set_xlabel("training budget [min of CPU wall-clock, 1 thread]")
-        ax.set_ylabel(unit)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, axes, path, xlabel="training budget [min of CPU wall-clock, 1 thread]",
+            labels=("angle 68% [deg]", "entry point 68% [m]"), legend_size=8)
+
+
+def plot_curves(out: Path, jobs: list[tuple[str, int]], path: Path) -> None:
+    """Training and validation loss of every run against its wall-clock minutes (the loss curves of the study)."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4), sharey=True)
+    colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(n for n, _ in jobs))}
+    for name, seed in jobs:
+        records = epoch_records(out / f"{name}_seed{seed}")
+        minutes = [r["minutes"] for r in records]
+        label = f"{BUDGET_MODELS[name].label}, seed {seed}"
+        style = "-" if seed == jobs[0][1] else "--"
+        axes[0].plot(minutes, [r.get("train_loss", np.nan) for r in records], style, color=colors[name], label=label)
+        axes[1].plot(minutes, [r["val_loss"] for r in records], style, color=colors[name], label=label)
+    _finish(fig, axes, path, xlabel="wall-clock minutes (1 thread)",
+            labels=("training loss (epoch mean)", "validation loss"), legend_size=7)
 
 
 def run_study(*, train: list[str], val: list[str], test: list[str], models: Sequence[str], seeds: Sequence[int],
@@ -258,14 +312,18 @@ def run_study(*, train: list[str], val: list[str], test: list[str], models: Sequ
                    steps_per_epoch=steps_per_epoch)
     rows = evaluate_runs(jobs, out=out, test=test, budgets=budgets, parallel=parallel)
     baseline = evaluate_baseline(test)
+    speed = step_times(out, jobs, steps_per_epoch)
     result = {"minutes": minutes, "budgets": list(budgets), "seeds": list(seeds), "rows": rows, "baseline": baseline,
-              "test_files": test, "train_files": train, "val_files": val}
+              "step_times": speed, "test_files": test, "train_files": train, "val_files": val}
     (out / "budget.json").write_text(json.dumps(result, indent=1, default=str))
     table = summarize(rows, baseline)
-    (out / "budget.md").write_text(table + "\n")
+    speeds = "\n".join(f"- {BUDGET_MODELS[n].label}: {s['seconds_per_step']:.3f} s per training step of "
+                       f"{s['batch_size']} events, {s['events_per_second']:.1f} events/s" for n, s in speed.items())
+    (out / "budget.md").write_text(table + "\n\n" + speeds + "\n")
     plot(rows, baseline, out / "budget.png")
-    print(table)
-    print(f"wrote {out / 'budget.json'}, {out / 'budget.md'}, {out / 'budget.png'}")
+    plot_curves(out, jobs, out / "budget_curves.png")
+    print(table, speeds, sep="\n\n")
+    print(f"wrote {out / 'budget.json'}, {out / 'budget.md'}, {out / 'budget.png'}, {out / 'budget_curves.png'}")
     return result
 
 

@@ -97,9 +97,11 @@ def point_options(workload: str, mode: str, options: dict[str, Any], *, topk: in
 
 
 def run_point(workload: str, size: int, mode: str, options: dict[str, Any], *, batch: int, repeats: int,
-              threads: int, seed: int = 0) -> dict[str, Any]:
+              threads: int, seed: int = 0, train: bool = False) -> dict[str, Any]:
     """Build the model, run ``1 + repeats`` forwards on synthetic inputs of ``size``; memory of all, time of the
-    repeats (median). Runs in the calling process: ``measure`` is the subprocess-isolated version."""
+    repeats (median). ``train``: training steps instead (train mode, forward and backward of a dummy loss with the
+    model's auxiliary terms): the memory a training batch needs. Runs in the calling process: ``measure`` is the
+    subprocess-isolated version."""
     import torch
 
     wl = WORKLOADS[workload]
@@ -108,14 +110,18 @@ def run_point(workload: str, size: int, mode: str, options: dict[str, Any], *, b
     data_config = loading.load_data_config(REPO_ROOT / wl.data_config)
     network = loading.import_network_config(REPO_ROOT / wl.network, name=f"_bench_{workload}_network")
     model, _ = network.get_model(data_config, **options)
-    model.eval()
+    model.train(train)
     inputs = wl.make_inputs(data_config, batch, size, seed)
     before = current_rss_mb()
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(not train):
         for _ in range(1 + repeats):
             start = time.perf_counter()
             out = model(*inputs)
+            if train:
+                aux = getattr(getattr(model, "mod", model), "pop_aux_loss", lambda: None)()
+                (out.square().mean() + (0.0 if aux is None else aux)).backward()
+                model.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - start)
     if out.shape[0] != batch or not bool(torch.isfinite(out).all()):
         raise RuntimeError(f"bad output {tuple(out.shape)} at {size} {wl.size_name} ({mode})")
@@ -126,11 +132,11 @@ def run_point(workload: str, size: int, mode: str, options: dict[str, Any], *, b
 
 
 def measure(workload: str, size: int, mode: str, options: dict[str, Any], *, batch: int, repeats: int, threads: int,
-            memory_limit_gb: float, timeout_s: float) -> dict[str, Any]:
+            memory_limit_gb: float, timeout_s: float, train: bool = False) -> dict[str, Any]:
     """``run_point`` in a subprocess under an address-space limit; out-of-memory, crashes and timeouts become a
     status."""
     job = repr({"workload": workload, "size": size, "mode": mode, "options": options, "batch": batch,
-                "repeats": repeats, "threads": threads, "memory_limit_gb": memory_limit_gb})
+                "repeats": repeats, "threads": threads, "memory_limit_gb": memory_limit_gb, "train": train})
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     try:
         proc = subprocess.run([sys.executable, "-m", "profiling.bench_scaling", "--child", job], cwd=REPO_ROOT,
@@ -152,12 +158,12 @@ def _child(job_text: str) -> None:
     limit = int(job["memory_limit_gb"] * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     print(json.dumps(run_point(job["workload"], job["size"], job["mode"], job["options"], batch=job["batch"],
-                               repeats=job["repeats"], threads=job["threads"])))
+                               repeats=job["repeats"], threads=job["threads"], train=job.get("train", False))))
 
 
 def benchmark(workload: str, sizes: Sequence[int], modes: Sequence[str], options: dict[str, dict[str, Any]], *,
               dense_max: int | None, batch: int, repeats: int, threads: int, memory_limit_gb: float,
-              timeout_s: float, progress: bool = True) -> list[dict[str, Any]]:
+              timeout_s: float, progress: bool = True, train: bool = False) -> list[dict[str, Any]]:
     """Every (N, mode) point in its own subprocess; dense is skipped above ``dense_max`` (None: never)."""
     from tqdm import tqdm
 
@@ -167,7 +173,7 @@ def benchmark(workload: str, sizes: Sequence[int], modes: Sequence[str], options
             results.append({"size": size, "mode": mode, "status": f"skipped (N > {dense_max})"})
             continue
         results.append(measure(workload, size, mode, options[mode], batch=batch, repeats=repeats, threads=threads,
-                               memory_limit_gb=memory_limit_gb, timeout_s=timeout_s))
+                               memory_limit_gb=memory_limit_gb, timeout_s=timeout_s, train=train))
     return results
 
 
@@ -212,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--topk", type=int, default=None, help="keys kept per query in DSA mode (default: the model's)")
     loading.add_network_option_argument(ap, help="network option as for weaver (-o num_heads 4), both modes")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--train", action="store_true",
+                    help="time and measure training steps (forward + backward) instead of inference forwards")
     ap.add_argument("--repeats", type=int, default=None, help="timed forwards after the first (jets 3, tracks 2)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (2 threads on an oversubscribed 2-core machine make OpenMP spin)")
@@ -247,13 +255,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     options = {m: point_options(args.model, m, user, topk=args.topk) for m in args.modes}
     results = benchmark(args.model, sizes, args.modes, options, dense_max=dense_max, batch=args.batch,
                         repeats=repeats, threads=args.threads, memory_limit_gb=args.memory_limit_gb,
-                        timeout_s=args.timeout or wl.timeout_s, progress=not args.no_progress)
-    print(f"{args.model}: {options}; batch {args.batch}, eval, {args.threads} thread(s), {repeats} repeat(s), "
+                        timeout_s=args.timeout or wl.timeout_s, progress=not args.no_progress, train=args.train)
+    what = "training steps" if args.train else "eval"
+    print(f"{args.model}: {options}; batch {args.batch}, {what}, {args.threads} thread(s), {repeats} repeat(s), "
           f"limit {args.memory_limit_gb:g} GB per point")
     print(ratio_table(results, size_name=wl.size_name, ref_size=args.ref_size or wl.ref_size))
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "size_name": wl.size_name, "options": options,
                                         "batch": args.batch, "repeats": repeats, "threads": args.threads,
+                                        "train": args.train,
                                         "memory_limit_gb": args.memory_limit_gb, "rows": results}, indent=1) + "\n")
     return results
 

@@ -31,6 +31,10 @@ def _jets(n: int = 16, length: int = 24, *, seed: int = 0) -> tuple[torch.Tensor
     return x * mask, v * mask, mask
 
 
+MODES = {"topk": {"dsa_mode": "topk"}, "indexer": {"dsa_mode": "indexer"},
+         "indexer_prior": {"dsa_mode": "indexer", "indexer_prior": "angle"}}
+
+
 def _model(**opts: object) -> ParticleTransformer:
     torch.manual_seed(3)
     return ParticleTransformer(part_config(**TINY, **opts))
@@ -53,7 +57,7 @@ def real_jets(jet_files) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return batch["pf_features"], batch["pf_vectors"], batch["pf_mask"]
 
 
-@pytest.mark.parametrize("mode", ["topk", "indexer"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("keep", ["ratio", "topk"])
 def test_k_equal_n_reproduces_dense_part(real_jets, mode, keep):
     """Keeping every real key gives dense ParT (same weights) within 1e-5 on real jets."""
@@ -61,7 +65,7 @@ def test_k_equal_n_reproduces_dense_part(real_jets, mode, keep):
     torch.manual_seed(1)
     part = ParticleTransformer(part_config(**TINY, for_inference=True)).eval()
     opts = {"sparsity_ratio": 1.0} if keep == "ratio" else {"topk": 128}
-    dsa = _model(dsa_enabled=True, dsa_mode=mode, for_inference=True, **opts).eval()
+    dsa = _model(dsa_enabled=True, **MODES[mode], for_inference=True, **opts).eval()
     missing, unexpected = dsa.load_state_dict(part.state_dict(), strict=False)
     assert not unexpected and all(k == "dsa_step" or ".indexer." in k for k in missing)
     with torch.no_grad():
@@ -88,19 +92,19 @@ def test_topk_keep_mask_never_selects_padding_and_keeps_k():
     assert (dropped_max <= kth).all()
 
 
-@pytest.mark.parametrize("mode", ["topk", "indexer"])
+@pytest.mark.parametrize("mode", MODES)
 def test_padded_keys_have_no_influence(mode):
     """Changing padded particles' features/vectors changes nothing for real ones (never selected)."""
-    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, trim=False).eval()
+    model = _model(dsa_enabled=True, **MODES[mode], sparsity_ratio=0.3, trim=False).eval()
     x, v, mask = _jets()
     x2, v2 = x + 50 * (1 - mask), v + 30 * (1 - mask)
     with torch.no_grad():
         assert torch.allclose(model(x, v, mask), model(x2, v2, mask), atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["topk", "indexer"])
+@pytest.mark.parametrize("mode", MODES)
 def test_one_particle_jet_is_finite_with_finite_gradients(mode):
-    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.05, sparsity_weight=1.0, entropy_weight=1.0)
+    model = _model(dsa_enabled=True, **MODES[mode], sparsity_ratio=0.05, sparsity_weight=1.0, entropy_weight=1.0)
     x, v, mask = _jets(n=4, length=12)
     mask[0, :, 1:] = 0  # a jet with a single particle
     x, v = x * mask, v * mask
@@ -197,14 +201,15 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("prior", ["none", "angle"])
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("block", [16, 64], ids=["two-stage", "exhaustive"])
-def test_indexer_never_materialises_n_by_n(training, block, monkeypatch):
+def test_indexer_never_materialises_n_by_n(training, block, prior, monkeypatch):
     """With the indexer's chunk budget below N x N, no op (forward or backward) returns an N x N-sized tensor."""
     n, k = 512, 4
     monkeypatch.setattr(dsa_indexer, "INDEXER_CHUNK_ELEMENTS", 1 << 14)
     model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, sparsity_weight=1.0, trim=False,
-                   indexer_block_size=block)
+                   indexer_block_size=block, indexer_prior=prior)
     two_stage = blocks_per_query(k, block_size=block, blocks=None) * block < n
     assert two_stage == (block == 16)
     model.train(training)
@@ -222,10 +227,10 @@ def test_indexer_never_materialises_n_by_n(training, block, monkeypatch):
         assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("mode", ["topk", "indexer"])
+@pytest.mark.parametrize("mode", MODES)
 def test_bf16_autocast_training_step_is_finite(mode):
     """--use-amp style mixed precision (CPU autocast bf16 here) through forward, AuxLoss and backward."""
-    model = _model(dsa_enabled=True, dsa_mode=mode, sparsity_ratio=0.3, sparsity_weight=1.0, entropy_weight=0.1)
+    model = _model(dsa_enabled=True, **MODES[mode], sparsity_ratio=0.3, sparsity_weight=1.0, entropy_weight=0.1)
     model.train()
     x, v, mask = _jets(n=4, length=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -247,13 +252,22 @@ def _indexer_inputs(*, batch: int = 2, heads: int = 2, queries: int = 8, length:
     return q, k, w, pad
 
 
-def test_block_score_bound_is_an_upper_bound_of_every_key_in_the_block():
+@pytest.mark.parametrize("with_prior", [False, True], ids=["relu_heads", "with_angular_prior"])
+def test_block_score_bound_is_an_upper_bound_of_every_key_in_the_block(with_prior):
     """The first selection stage may only drop a block when no key inside it could score higher."""
     q, k, w, pad = _indexer_inputs()
     block = 16
     kmax, kmin, empty = dsa.block_key_bounds(*dsa.key_blocks(k, pad, block))
-    bound = dsa.block_score_bound(q, w, kmax, kmin, empty)  # (B, c, nb)
-    exact = indexer_scores(q, k, w, pad)  # (B, c, N), -inf on padding
+    prior = bound_prior = None
+    if with_prior:  # beta(i) u(i) and unit u(j), as LightningIndexer.prior_terms builds them
+        g = torch.Generator().manual_seed(5)
+        u = torch.nn.functional.normalize(torch.randn(k.size(0), k.size(1), 3, generator=g), dim=-1)
+        pq = torch.rand(q.size(0), q.size(2), 1, generator=g) * 4 * u[:, :q.size(2)]
+        prior = (pq, u)
+        pmax, pmin = dsa.block_key_bounds(*dsa.key_blocks(u, pad, block))[:2]
+        bound_prior = (pq, pmax, pmin)
+    bound = dsa.block_score_bound(q, w, kmax, kmin, empty, prior=bound_prior)  # (B, c, nb)
+    exact = indexer_scores(q, k, w, pad, prior)  # (B, c, N), -inf on padding
     nb = bound.size(-1)
     padded = torch.nn.functional.pad(exact, (0, nb * block - exact.size(-1)), value=float("-inf"))
     block_max = padded.view(*exact.shape[:2], nb, block).amax(-1)
@@ -295,9 +309,11 @@ class _Constant(torch.nn.Module):
         return self.value
 
 
-def test_two_stage_and_chunked_inference_agree_with_one_chunk(monkeypatch):
+@pytest.mark.parametrize("prior", ["none", "angle"])
+def test_two_stage_and_chunked_inference_agree_with_one_chunk(prior, monkeypatch):
     """Query chunking of the sparse attention and pair bias changes nothing (padded tails included)."""
-    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=5, trim=False, indexer_block_size=8).eval()
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=5, trim=False, indexer_block_size=8,
+                   indexer_prior=prior).eval()
     x, v, mask = _jets(n=3, length=80)
     with torch.no_grad():
         one_chunk = model(x, v, mask)
@@ -305,3 +321,31 @@ def test_two_stage_and_chunked_inference_agree_with_one_chunk(monkeypatch):
         chunked = model(x, v, mask)
     assert torch.isfinite(chunked).all()
     torch.testing.assert_close(chunked, one_chunk, rtol=0, atol=1e-6)
+
+
+def test_angular_prior_alone_selects_the_angular_neighbours():
+    """With the ReLU heads silenced, the prior's selection is each particle's k closest momenta in angle (the
+    query itself first), ties by index: what a fresh indexer with ``indexer_prior='angle'`` starts from."""
+    k = 5
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, indexer_prior="angle", trim=False).eval()
+    for module in model.modules():
+        if isinstance(module, dsa.LightningIndexer):
+            torch.nn.init.zeros_(module.q_proj.weight)
+            torch.nn.init.zeros_(module.q_proj.bias)
+    x, v, mask = _jets(n=3, length=20)
+    core = next(m for m in model.modules() if isinstance(m, dsa.IndexerCore))
+    seen = {}
+    core.register_forward_pre_hook(lambda _m, args, kwargs: seen.update(x=kwargs["x"], ctx=kwargs["ctx"]),
+                                   with_kwargs=True)
+    with torch.no_grad():
+        model(x, v, mask)
+        ctx = seen["ctx"]
+        pad = ~mask[:, 0].bool()
+        sel = dsa.select_keys(core.indexer, seen["x"], pad, k, directions=ctx.directions)
+    u = torch.nn.functional.normalize(v[:, :3].transpose(1, 2), dim=-1)
+    cosines = (u @ u.transpose(1, 2)).masked_fill(pad[:, None, :], float("-inf"))
+    expected = cosines.topk(k, dim=-1).values
+    chosen = cosines.gather(-1, sel.idx).sort(-1, descending=True).values
+    real = ~pad
+    torch.testing.assert_close(chosen[real], expected[real], rtol=0, atol=1e-5)
+    assert torch.equal(sel.idx[real][:, 0], torch.nonzero(real)[:, 1])  # every particle picks itself first

@@ -36,9 +36,11 @@ def test_cli_needs_a_workload() -> None:
         bench_scaling.main(["--sizes", "8"])
 
 
-def test_one_track_point_in_process() -> None:
-    options = bench_scaling.point_options("tracks", "dsa", {"embed_dims": (16, 16), "pair_embed_dims": (8,),
-                                                            "num_heads": 2, "num_layers": 1, "topk": 8})
-    row = bench_scaling.run_point("tracks", 24, "dsa", options, batch=2, repeats=1, threads=1)
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "training_step"])
+@pytest.mark.parametrize("mode", ["dense", "dsa"])
+def test_one_track_point_in_process(mode: str, train: bool) -> None:
+    options = bench_scaling.point_options("tracks", mode, {"embed_dims": (16, 16), "pair_embed_dims": (8,),
+                                                           "num_heads": 2, "num_layers": 1, "topk": 8})
+    row = bench_scaling.run_point("tracks", 24, mode, options, batch=2, repeats=1, threads=1, train=train)
     assert row["status"] == "ok" and row["size"] == 24 and row["params"] > 0
     assert row["time_s"] > 0 and row["peak_mb"] >= 0

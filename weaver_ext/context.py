@@ -45,5 +45,6 @@ class ForwardContext:
     topk: int | None = None  # DSA: fixed kept keys per query (overrides ratio)
     collect: bool = False  # training forward: record auxiliary losses and statistics
     pair_fn: PairBiasFn | None = None  # DSA indexer: ParT's pair bias evaluated on selected pairs only
+    directions: Tensor | None = None  # DSA indexer with indexer_prior='angle': unit directions (B, L, 3)
     value_residual: ValueResidual | None = None
     records: list[LayerRecord] = field(default_factory=list)

@@ -261,6 +261,8 @@ class ParticleTransformer(nn.Module):
         if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None:
             pair_embed = self.pair_embed
             ctx.pair_fn = lambda idx, valid, start: selected_pair_bias(pair_embed, v, mask, idx, valid, start)
+        if self.cfg.attn.kind == "dsa_indexer" and self.cfg.sparsity.indexer_prior != "none" and v is not None:
+            ctx.directions = F.normalize(v[:, :3].transpose(1, 2).float(), dim=-1)  # momenta or hit positions
         if self.cfg.head.global_token:  # ParT v3.6: first in the sequence, never masked, zero pair bias
             x = torch.cat((self.cls_token.expand(x.size(0), -1, -1).to(x.dtype), x), dim=1)
             padding_mask = F.pad(padding_mask, (1, 0), value=False)

@@ -19,7 +19,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from weaver.nn.model.ParticleTransformer import PairEmbed
 
@@ -130,10 +129,11 @@ class IndexerCore(_SparseCore):
     """
 
     def __init__(self, embed_dim: int, *, maps: nn.Module, backend: str, dropout: float, layer: int,
-                 indexer_heads: int, indexer_dim: int, block_size: int = 64, blocks: int | None = None) -> None:
+                 indexer_heads: int, indexer_dim: int, block_size: int = 64, blocks: int | None = None,
+                 prior: bool = False) -> None:
         super().__init__(maps=maps, backend=backend, dropout=dropout, layer=layer)
         self.block_size, self.blocks = block_size, blocks
-        self.indexer = LightningIndexer(embed_dim, heads=indexer_heads, dim=indexer_dim)
+        self.indexer = LightningIndexer(embed_dim, heads=indexer_heads, dim=indexer_dim, prior=prior)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, key_padding_mask: Tensor | None,
                 x: Tensor, ctx: ForwardContext) -> Tensor:
@@ -143,7 +143,7 @@ class IndexerCore(_SparseCore):
         kb, n_real, real_query = self.kept_keys(k, pad, ctx)
         kmax = int(kb.max())
         sel = select_keys(self.indexer, x, pad, kmax, block_size=self.block_size, blocks=self.blocks,
-                          collect=ctx.collect)
+                          collect=ctx.collect, directions=ctx.directions)
         rank = torch.arange(kmax, device=q.device).view(1, 1, -1)
         # the jet's own k keys, all real; the first is always kept (finite outputs even for an empty jet)
         valid = (rank < kb.view(-1, 1, 1)) & (sel.found | (rank == 0))  # (B, L, K)
@@ -192,9 +192,7 @@ class IndexerCore(_SparseCore):
     def _record(self, weights: Tensor, sel: Selection, valid: Tensor, kb: Tensor, n_real: Tensor,
                 real_query: Tensor | None, ctx: ForwardContext) -> None:
         """Distillation KL (main attention -> indexer over the selected keys), mass kept, entropy of a forward."""
-        iq, ik, iw = sel.projections
-        i_sel = (F.relu(torch.einsum("bhld,blkd->bhlk", iq, gather_keys(ik, sel.idx))) * iw).sum(1)
-        i_sel = i_sel.masked_fill(~valid, float("-inf"))
+        i_sel = sel.scores_of(sel.idx).masked_fill(~valid, float("-inf"))
         log_p_index = torch.log_softmax(i_sel, dim=-1)
         target = weights.detach().mean(1)  # main attention over the selected keys, averaged over heads
         kl = (torch.special.xlogy(target, target) - target * log_p_index.masked_fill(~valid, 0.0)).sum(-1)
@@ -272,7 +270,7 @@ def build_indexer(spec: LayerSpec) -> IndexerCore:
     s = spec.cfg.sparsity
     return IndexerCore(spec.embed_dim, maps=_maps(spec), backend=spec.backend, dropout=spec.dropout,
                        layer=spec.layer, indexer_heads=s.indexer_heads, indexer_dim=s.indexer_dim,
-                       block_size=s.indexer_block_size, blocks=s.indexer_blocks)
+                       block_size=s.indexer_block_size, blocks=s.indexer_blocks, prior=s.indexer_prior == "angle")
 
 
 def validate_dsa(cfg: Any) -> None:

@@ -6,6 +6,11 @@ contiguous blocks of ``block_size``; each query scores every block by an upper b
 key inside it (per-dimension min/max of the block's indexer keys, as in Quest) and only the keys of its best
 ``blocks`` blocks are scored exactly: O(N x (N / block + blocks x block)) instead of O(N^2). When those blocks would
 cover every key the exhaustive single-stage selection is used (identical result, less work).
+
+Optional angular prior (``indexer_prior='angle'``): score(i, j) += beta(i) u(i).u(j), with u the unit direction of
+the particle's momentum (jets) or of the hit PMT (tracks) and beta(i) = softplus(linear(x_i)) > 0, starting at
+``PRIOR_INIT``. A fresh indexer then selects each query's angular neighbours (ParT's pair features make those the
+keys dense attention weights most) instead of random keys, and distillation learns how much the prior counts.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
 Tensor = torch.Tensor
 
 INDEXER_CHUNK_ELEMENTS = 1 << 20  # indexer scores held at once: B x heads x chunk x N <= 1M floats
+PRIOR_INIT = 4.0  # beta at initialisation: cosines of neighbouring keys differ by O(0.1), ReLU scores by O(0.01)
 TIE_STEP = 1e-30  # per key index: orders exact ties (ReLU zeros) by index, too small to move any non-zero fp32 score
 
 
@@ -46,7 +52,7 @@ def break_ties(scores: Tensor, key_index: Tensor) -> Tensor:
 class LightningIndexer(nn.Module):
     """Cheap key scorer: score(i, j) = sum_h w_h(i) * ReLU(q_h(i) . k(j)) with few, low-dimensional heads."""
 
-    def __init__(self, embed_dim: int, *, heads: int, dim: int) -> None:
+    def __init__(self, embed_dim: int, *, heads: int, dim: int, prior: bool = False) -> None:
         super().__init__()
         self.heads, self.dim = heads, dim
         self.q_proj = nn.Linear(embed_dim, heads * dim)
@@ -55,6 +61,20 @@ class LightningIndexer(nn.Module):
         for lin in (self.q_proj, self.k_proj, self.w_proj):
             nn.init.trunc_normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
+        self.prior_proj = nn.Linear(embed_dim, 1) if prior else None  # beta(i) of the angular prior
+        if self.prior_proj is not None:
+            nn.init.zeros_(self.prior_proj.weight)
+            nn.init.constant_(self.prior_proj.bias, math.log(math.expm1(PRIOR_INIT)))
+
+    def prior_terms(self, x: Tensor, directions: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The angular prior as a low-rank score term (beta(i) u(i), u(j)), both (B, L, 3); None without one."""
+        if self.prior_proj is None:
+            return None
+        if directions is None or directions.shape[:2] != x.shape[:2]:
+            raise ValueError("DSA option indexer_prior='angle' needs the particle four-vectors (pf_vectors / "
+                             "hit_points), one per token")
+        directions = directions.to(x.dtype)
+        return F.softplus(self.prior_proj(x)) * directions, directions
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, L, E) -> q (B, h, L, d), k (B, L, d), w (B, h, L, 1)."""
@@ -64,24 +84,31 @@ class LightningIndexer(nn.Module):
         return q, self.k_proj(x), w
 
 
-def indexer_scores(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None) -> Tensor:
+def indexer_scores(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None,
+                   prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Indexer scores of a query chunk against all keys: (B, c, N), -inf on padded keys.
 
     q (B, h, c, d) is flattened to one (h*c, d) x (d, N) matmul per jet (no per-head copy of k); without autograd
     the ReLU, head weights and padding mask are applied in place (this is the only O(N^2) work of indexer mode).
+    ``prior``: the angular prior's (query chunk (B, c, r), keys (B, N, r)), added as one more matmul.
     """
     batch, heads, chunk, dim = q.shape
     s = torch.bmm(q.reshape(batch, heads * chunk, dim), k.transpose(1, 2)).view(batch, heads, chunk, -1)
     if torch.is_grad_enabled():
         s = (F.relu(s) * w).sum(1)
+        if prior is not None:
+            s = s + torch.bmm(prior[0], prior[1].transpose(1, 2))
     else:
         s = s.relu_().mul_(w)
         s = s[:, 0] if heads == 1 else s.sum(1)
+        if prior is not None:  # (autocast may give the matmul another dtype than s)
+            s = s.add_(torch.bmm(prior[0], prior[1].transpose(1, 2)).to(s.dtype))
     return s if pad is None else s.masked_fill_(pad[:, None, :], float("-inf"))
 
 
-def _indexer_lse(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None) -> Tensor:
-    return torch.logsumexp(indexer_scores(q, k, w, pad), dim=-1)
+def _indexer_lse(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None, pq: Tensor | None,
+                 pk: Tensor | None) -> Tensor:
+    return torch.logsumexp(indexer_scores(q, k, w, pad, None if pq is None else (pq, pk)), dim=-1)
 
 
 def key_blocks(k: Tensor, pad: Tensor | None, block: int) -> tuple[Tensor, Tensor]:
@@ -108,17 +135,22 @@ def block_key_bounds(rows: Tensor, missing: Tensor) -> tuple[Tensor, Tensor, Ten
     return kmax, kmin, empty.squeeze(-1)
 
 
-def block_score_bound(q: Tensor, w: Tensor, kmax: Tensor, kmin: Tensor, empty: Tensor) -> Tensor:
+def block_score_bound(q: Tensor, w: Tensor, kmax: Tensor, kmin: Tensor, empty: Tensor,
+                      prior: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """Upper bound of the indexer score of every key of each block: q (B, h, c, d) -> (B, c, nb), -inf if empty.
 
     Per head, q.k over a block lies in [q+.kmin + q-.kmax, q+.kmax + q-.kmin] (q+ = max(q, 0), q- = min(q, 0));
     ReLU is monotonic, so w_h ReLU(upper) bounds a head with w_h >= 0 and w_h ReLU(lower) one with w_h < 0.
+    ``prior`` (query chunk (B, c, r), block max and min of the prior keys (B, nb, r)) adds the same linear bound.
     """
     qp, qn = q.clamp(min=0), q.clamp(max=0)
     kmax_t, kmin_t = kmax.transpose(1, 2).unsqueeze(1), kmin.transpose(1, 2).unsqueeze(1)  # (B, 1, d, nb)
     upper = qp @ kmax_t + qn @ kmin_t
     lower = qp @ kmin_t + qn @ kmax_t
     bound = torch.where(w >= 0, w * upper.relu(), w * lower.relu()).sum(1)
+    if prior is not None:
+        pq, pmax, pmin = prior
+        bound = bound + pq.clamp(min=0) @ pmax.transpose(1, 2) + pq.clamp(max=0) @ pmin.transpose(1, 2)
     return bound.masked_fill(empty[:, None, :], float("-inf"))
 
 
@@ -130,21 +162,29 @@ def _blocked(x: Tensor, block: int, fill: float | bool) -> Tensor:
     return x.reshape(x.size(0), x.size(1) // block, -1)
 
 
-def _candidate_scores(q: Tensor, rows: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
+def _candidate_scores(q: Tensor, rows: Tensor, w: Tensor, best: Tensor, cand_out: Tensor,
+                      prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Exact indexer scores of the keys of each query's chosen blocks best (B, c, m): (B, c, m * block).
 
     Whole blocks are gathered as ``rows`` (B, nb, block * d) of ``key_blocks``, much cheaper than gathering
-    m * block single keys; -inf where ``cand_out`` (padding, or past the last key).
+    m * block single keys; -inf where ``cand_out`` (padding, or past the last key). ``prior``: (query chunk
+    (B, c, r), blocked prior keys (B, nb, block * r)).
     """
     batch, chunk, _ = best.shape
     keys = gather_keys(rows, best).view(batch, chunk, -1, q.size(-1))  # (B, c, m * block, d)
     s = q.transpose(1, 2) @ keys.transpose(-1, -2)  # (B, c, h, m * block)
     s = (F.relu(s) * w.transpose(1, 2)).sum(2)
+    if prior is not None:
+        pq, prior_rows = prior
+        prior_keys = gather_keys(prior_rows, best).view(batch, chunk, -1, pq.size(-1))  # (B, c, m * block, r)
+        s = s + (pq.unsqueeze(-2) @ prior_keys.transpose(-1, -2)).squeeze(-2)
     return s.masked_fill(cand_out, float("-inf"))
 
 
-def _candidate_lse(q: Tensor, rows: Tensor, w: Tensor, best: Tensor, cand_out: Tensor) -> Tensor:
-    return torch.logsumexp(_candidate_scores(q, rows, w, best, cand_out), dim=-1)
+def _candidate_lse(q: Tensor, rows: Tensor, w: Tensor, best: Tensor, cand_out: Tensor, pq: Tensor | None,
+                   prior_rows: Tensor | None) -> Tensor:
+    prior = None if pq is None else (pq, prior_rows)
+    return torch.logsumexp(_candidate_scores(q, rows, w, best, cand_out, prior), dim=-1)
 
 
 def gather_keys(x: Tensor, idx: Tensor) -> Tensor:
@@ -162,12 +202,23 @@ def gather_keys(x: Tensor, idx: Tensor) -> Tensor:
 class Selection:
     """The keys each query attends to: idx (B, L, K), found (B, L, K) (False where fewer than K real keys were
     available), the indexer projections (q, k, w) and, when collected, the log-sum-exp of the indexer scores over
-    the keys scored (all keys, or the candidate blocks' keys in two-stage mode) for the mass-kept statistic."""
+    the keys scored (all keys, or the candidate blocks' keys in two-stage mode) for the mass-kept statistic;
+    ``prior``: the angular prior's (beta(i) u(i), u(j)) when the indexer has one."""
 
     idx: Tensor
     found: Tensor
     projections: tuple[Tensor, Tensor, Tensor]
     lse: Tensor | None
+    prior: tuple[Tensor, Tensor] | None = None
+
+    def scores_of(self, idx: Tensor) -> Tensor:
+        """Indexer scores (with autograd) of the keys idx (B, L, K) of every query: (B, L, K)."""
+        iq, ik, iw = self.projections
+        scores = (F.relu(torch.einsum("bhld,blkd->bhlk", iq, gather_keys(ik, idx))) * iw).sum(1)
+        if self.prior is not None:
+            pq, pk = self.prior
+            scores = scores + torch.einsum("blr,blkr->blk", pq, gather_keys(pk, idx))
+        return scores
 
 
 def blocks_per_query(kmax: int, *, block_size: int, blocks: int | None) -> int:
@@ -176,12 +227,14 @@ def blocks_per_query(kmax: int, *, block_size: int, blocks: int | None) -> int:
 
 
 def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: int, *, block_size: int = 64,
-                blocks: int | None = None, collect: bool = False) -> Selection:
+                blocks: int | None = None, collect: bool = False, directions: Tensor | None = None) -> Selection:
     """The indexer's top-``kmax`` keys per query of x (B, L, E) (the block's normed input), chunked over queries.
 
-    ``x`` is detached: the indexer trains only through its own losses (as in DeepSeek-V3.2).
+    ``x`` is detached: the indexer trains only through its own losses (as in DeepSeek-V3.2). ``directions``
+    (B, L, 3): unit vectors for the angular prior (required when the indexer has one).
     """
     iq, ik, iw = indexer.project(x.detach())
+    prior = indexer.prior_terms(x.detach(), directions)
     batch, heads, length, dim = iq.shape
     pad_or_none = pad if pad is not None and bool(pad.any()) else None
     nblocks = blocks_per_query(kmax, block_size=block_size, blocks=blocks)
@@ -189,6 +242,8 @@ def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: 
     if two_stage:
         rows, missing = key_blocks(ik, pad_or_none, block_size)  # (B, nb, block * d), (B, nb, block)
         bounds = block_key_bounds(rows, missing)
+        prior_rows = None if prior is None else key_blocks(prior[1], pad_or_none, block_size)[0]
+        prior_bounds = None if prior_rows is None else block_key_bounds(prior_rows, missing)[:2]
         per_query = batch * (max(heads, dim) * nblocks * block_size + heads * rows.size(1))
     else:
         per_query = batch * heads * length
@@ -196,37 +251,48 @@ def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: 
     idx_parts, found_parts, lse_parts = [], [], []
     for start in range(0, length, chunk):
         q, w = iq[:, :, start:start + chunk], iw[:, :, start:start + chunk]
+        pq = None if prior is None else prior[0][:, start:start + chunk]
         if two_stage:
-            idx, found, lse = _select_two_stage(q, w, rows, missing, bounds, kmax, nblocks, length, collect)
+            chunk_prior = None if pq is None else (pq, prior_rows, *prior_bounds)
+            idx, found, lse = _select_two_stage(q, w, rows, missing, bounds, kmax, nblocks, length, collect,
+                                                chunk_prior)
         else:
-            idx, found, lse = _select_exhaustive(q, ik, w, pad, pad_or_none, kmax, collect)
+            chunk_prior = None if pq is None else (pq, prior[1])
+            idx, found, lse = _select_exhaustive(q, ik, w, pad, pad_or_none, kmax, collect, chunk_prior)
         idx_parts.append(idx)
         found_parts.append(found)
         lse_parts.append(lse)
     lse = torch.cat(lse_parts, dim=1) if collect else None
-    return Selection(torch.cat(idx_parts, dim=1), torch.cat(found_parts, dim=1), (iq, ik, iw), lse)
+    return Selection(torch.cat(idx_parts, dim=1), torch.cat(found_parts, dim=1), (iq, ik, iw), lse, prior)
 
 
 def _select_exhaustive(q: Tensor, ik: Tensor, w: Tensor, pad: Tensor | None, pad_or_none: Tensor | None, kmax: int,
-                       collect: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One query chunk scored against every key."""
+                       collect: bool, prior: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One query chunk scored against every key (``prior``: the chunk's prior queries and all prior keys)."""
     with torch.no_grad():
-        scores = indexer_scores(q, ik, w, pad_or_none)
+        scores = indexer_scores(q, ik, w, pad_or_none, prior)
         top = break_ties(scores, torch.arange(scores.size(-1), device=scores.device)).topk(kmax, dim=-1)
-    lse = checkpoint(_indexer_lse, q, ik, w, pad, use_reentrant=False) if collect else None
+    pq, pk = (None, None) if prior is None else prior
+    lse = checkpoint(_indexer_lse, q, ik, w, pad, pq, pk, use_reentrant=False) if collect else None
     return top.indices, torch.isfinite(top.values), lse
 
 
 def _select_two_stage(q: Tensor, w: Tensor, rows: Tensor, missing: Tensor, bounds: tuple[Tensor, Tensor, Tensor],
-                      kmax: int, nblocks: int, length: int, collect: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One query chunk: best blocks by the score bound, then exact scores of their keys."""
+                      kmax: int, nblocks: int, length: int, collect: bool,
+                      prior: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One query chunk: best blocks by the score bound, then exact scores of their keys (``prior``: the chunk's
+    prior queries, the blocked prior keys and their block max and min)."""
     block = missing.size(-1)
+    pq, prior_rows = (None, None) if prior is None else prior[:2]
     with torch.no_grad():
-        best = block_score_bound(q, w, *bounds).topk(nblocks, dim=-1).indices
+        bound_prior = None if prior is None else (pq, prior[2], prior[3])
+        best = block_score_bound(q, w, *bounds, prior=bound_prior).topk(nblocks, dim=-1).indices
         cand_out = gather_keys(missing, best).flatten(2)  # (B, c, nblocks * block)
         offsets = torch.arange(block, device=q.device)
         cand = (best.unsqueeze(-1) * block + offsets).flatten(2).clamp(max=length - 1)
-        top = break_ties(_candidate_scores(q, rows, w, best, cand_out), cand).topk(kmax, dim=-1)
+        exact = _candidate_scores(q, rows, w, best, cand_out, None if pq is None else (pq, prior_rows))
+        top = break_ties(exact, cand).topk(kmax, dim=-1)
         idx = cand.gather(-1, top.indices)
-    lse = checkpoint(_candidate_lse, q, rows, w, best, cand_out, use_reentrant=False) if collect else None
+    lse = checkpoint(_candidate_lse, q, rows, w, best, cand_out, pq, prior_rows, use_reentrant=False) \
+        if collect else None
     return idx, torch.isfinite(top.values), lse

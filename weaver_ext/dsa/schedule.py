@@ -29,6 +29,7 @@ class SparsityConfig:
     indexer_dim: int = 16
     indexer_block_size: int = 64  # keys per block of the two-stage selection (contiguous in input order)
     indexer_blocks: int | None = None  # blocks kept per query (None: max(8, ceil(4 k / block size)))
+    indexer_prior: Literal["none", "angle"] = "none"  # 'angle': + beta(i) u(i).u(j), neighbours first (indexer.py)
 
     def __post_init__(self) -> None:
         for name in ("sparsity_ratio", "target_sparsity"):
