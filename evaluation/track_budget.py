@@ -252,9 +252,9 @@ def _pyplot():
     return plt
 
 
-def _finish(fig, axes, path: Path, *, xlabel: str, labels: Sequence[str], legend_size: int) -> None:
-    """Log y axes with a grid and the given x label; each axis's y label (or title); legend on the first; save."""
-    for ax, label in zip(axes, labels, strict=True):
+def _finish(fig, axes, path: Path, *, xlabels: Sequence[str], labels: Sequence[str], legend_size: int) -> None:
+    """Log y axes with a grid, each axis's x and y label; legend on the first; save."""
+    for ax, xlabel, label in zip(axes, xlabels, labels, strict=True):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.set_yscale("log")
@@ -280,23 +280,27 @@ def plot(rows: list[dict], baseline: dict | None, path: Path) -> None:
                     alpha=0.6)
         if baseline is not None:
             ax.axhline(baseline[key], color="grey", ls="--", label="principal axis (q^4)")
-    _finish(fig, axes, path, xlabel="training budget [min of CPU wall-clock, 1 thread]",
+    _finish(fig, axes, path, xlabels=["training budget [min of CPU wall-clock, 1 thread]"] * 2,
             labels=("angle 68% [deg]", "entry point 68% [m]"), legend_size=8)
 
 
-def plot_curves(out: Path, jobs: list[tuple[str, int]], path: Path) -> None:
-    """Training and validation loss of every run against its wall-clock minutes (the loss curves of the study)."""
-    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4), sharey=True)
+def plot_curves(out: Path, jobs: list[tuple[str, int]], path: Path, steps_per_epoch: int | None = None) -> None:
+    """Training and validation loss of every run against its wall-clock minutes, and the validation loss against
+    the training events seen (which separates learning per event from speed)."""
+    fig, axes = _pyplot().subplots(1, 3, figsize=(15, 4), sharey=True)
     colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(n for n, _ in jobs))}
     for name, seed in jobs:
+        model = BUDGET_MODELS[name]
         records = epoch_records(out / f"{name}_seed{seed}")
         minutes = [r["minutes"] for r in records]
-        label = f"{BUDGET_MODELS[name].label}, seed {seed}"
-        style = "-" if seed == jobs[0][1] else "--"
-        axes[0].plot(minutes, [r.get("train_loss", np.nan) for r in records], style, color=colors[name], label=label)
-        axes[1].plot(minutes, [r["val_loss"] for r in records], style, color=colors[name], label=label)
-    _finish(fig, axes, path, xlabel="wall-clock minutes (1 thread)",
-            labels=("training loss (epoch mean)", "validation loss"), legend_size=7)
+        events = [(r["epoch"] + 1) * (steps_per_epoch or model.steps_per_epoch) * model.batch_size for r in records]
+        style = dict(ls="-" if seed == jobs[0][1] else "--", color=colors[name], label=f"{model.label}, seed {seed}")
+        axes[0].plot(minutes, [r.get("train_loss", np.nan) for r in records], **style)
+        axes[1].plot(minutes, [r["val_loss"] for r in records], **style)
+        axes[2].plot(events, [r["val_loss"] for r in records], **style)
+    axes[2].set_xscale("log")
+    _finish(fig, axes, path, xlabels=["wall-clock minutes (1 thread)"] * 2 + ["training events seen"],
+            labels=("training loss (epoch mean)", "validation loss", "validation loss"), legend_size=7)
 
 
 def run_study(*, train: list[str], val: list[str], test: list[str], models: Sequence[str], seeds: Sequence[int],
@@ -321,7 +325,7 @@ def run_study(*, train: list[str], val: list[str], test: list[str], models: Sequ
                        f"{s['batch_size']} events, {s['events_per_second']:.1f} events/s" for n, s in speed.items())
     (out / "budget.md").write_text(table + "\n\n" + speeds + "\n")
     plot(rows, baseline, out / "budget.png")
-    plot_curves(out, jobs, out / "budget_curves.png")
+    plot_curves(out, jobs, out / "budget_curves.png", steps_per_epoch)
     print(table, speeds, sep="\n\n")
     print(f"wrote {out / 'budget.json'}, {out / 'budget.md'}, {out / 'budget.png'}, {out / 'budget_curves.png'}")
     return result
