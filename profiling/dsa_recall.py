@@ -71,9 +71,18 @@ def layer_recall(core: IndexerCore, call: dict, *, blocks: int | None) -> dict[s
             "attention_mass_ratio": float(mass[rows].mean()), "keys": n, "k": kb}
 
 
+def _permuted(event: list[torch.Tensor], mask: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    """One event's inputs (1, C, L) with its real elements in random order (padding stays behind them)."""
+    n = int(mask.sum())
+    order = torch.cat((torch.randperm(n, generator=generator), torch.arange(n, mask.size(-1))))
+    return [t[..., order] for t in event]
+
+
 def indexer_recall(files: Sequence[str], *, network: str | Path, data_config: str | Path, weights: str | None,
-                   options: dict, events: int, blocks: int | None = None, seed: int = 0) -> dict:
-    """Mean recalls per indexer layer over ``events`` events (one forward each, eval mode)."""
+                   options: dict, events: int, blocks: int | None = None, seed: int = 0,
+                   permute: bool = False) -> dict:
+    """Mean recalls per indexer layer over ``events`` events (one forward each, eval mode). ``permute``: each
+    event's elements in random order (blocks of the two-stage selection then lose the input order's coherence)."""
     config = load_data_config(data_config)
     loaded = load_model(network, config, weights=weights, options=options, for_inference=False, seed=seed)
     cores = [m for m in loaded.model.modules() if isinstance(m, IndexerCore)]
@@ -90,16 +99,21 @@ def indexer_recall(files: Sequence[str], *, network: str | Path, data_config: st
     for layer, core in enumerate(cores):
         core.register_forward_pre_hook(capture(layer), with_kwargs=True)
     inputs = load_real_inputs(files, data_config, max_jets=events)
+    mask_name = next(name for name in loaded.input_names if name.endswith("mask"))
+    generator = torch.Generator().manual_seed(seed)
     sums: dict[int, dict[str, float]] = {}
     count = next(iter(inputs.values())).shape[0]
     with torch.no_grad():
         for i in range(count):
-            loaded.model(*[inputs[name][i:i + 1] for name in loaded.input_names])
+            event = [inputs[name][i:i + 1] for name in loaded.input_names]
+            if permute:
+                event = _permuted(event, inputs[mask_name][i], generator)
+            loaded.model(*event)
             for layer, core in enumerate(cores):
                 for key, value in layer_recall(core, calls[layer], blocks=blocks).items():
                     sums.setdefault(layer, {}).setdefault(key, 0.0)
                     sums[layer][key] += value / count
-    return {"events": count, "weights": loaded.weights, "options": options,
+    return {"events": count, "weights": loaded.weights, "options": options, "permuted": permute,
             "layers": {f"layer{layer}": values for layer, values in sums.items()}}
 
 
@@ -112,12 +126,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=None,
                         help="indexer_blocks of the measured selection (default: the model's own)")
+    parser.add_argument("--permute", action="store_true", help="each event's elements in random order")
     add_network_option_argument(parser)
     args = parser.parse_args(argv)
     try:
         options = parse_network_options(args.network_option)
         result = indexer_recall(args.files, network=args.network, data_config=args.data_config,
-                                weights=args.weights, options=options, events=args.events, blocks=args.blocks)
+                                weights=args.weights, options=options, events=args.events, blocks=args.blocks,
+                                permute=args.permute)
     except (ValueError, FileNotFoundError, OSError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps(result, indent=1))

@@ -12,13 +12,15 @@ SMALL = {"embed_dims": (16, 16), "pair_embed_dims": (8,), "num_heads": 2, "num_l
          "dsa_mode": "indexer"}
 
 
-def _recall(jet_files, **options):
+def _recall(jet_files, permute=False, **options):
     return indexer_recall(jet_files[:3], network=NETWORK, data_config=JETCLASS_CONFIGS / "JetClass_kin.yaml",
-                          weights=None, options={**SMALL, **options}, events=6)
+                          weights=None, options={**SMALL, **options}, events=6, permute=permute)
 
 
-def test_keeping_every_key_recalls_everything(jet_files):
-    result = _recall(jet_files, sparsity_ratio=1.0)
+@pytest.mark.parametrize("permute", [False, True], ids=["input_order", "permuted"])
+def test_keeping_every_key_recalls_everything(jet_files, permute):
+    result = _recall(jet_files, permute=permute, sparsity_ratio=1.0)
+    assert result["permuted"] is permute
     assert set(result["layers"]) == {"layer0", "layer1"}
     for values in result["layers"].values():
         assert values["selection_recall"] == pytest.approx(1.0, abs=1e-6)
