@@ -349,3 +349,13 @@ def test_angular_prior_alone_selects_the_angular_neighbours():
     real = ~pad
     torch.testing.assert_close(chosen[real], expected[real], rtol=0, atol=1e-5)
     assert torch.equal(sel.idx[real][:, 0], torch.nonzero(real)[:, 1])  # every particle picks itself first
+
+
+def test_too_few_candidate_blocks_for_k_are_raised_to_hold_k_keys():
+    """``indexer_blocks 1`` of 4 keys with k = 10: the first stage keeps ceil(10 / 4) blocks instead of failing."""
+    assert blocks_per_query(10, block_size=4, blocks=1) == 3
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=10, indexer_block_size=4, indexer_blocks=1,
+                   trim=False).eval()
+    x, v, mask = _jets(n=2, length=40)
+    with torch.no_grad():
+        assert torch.isfinite(model(x, v, mask)).all()

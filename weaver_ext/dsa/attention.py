@@ -27,7 +27,7 @@ from ..context import ForwardContext
 from ..dropout import dropout
 from ..maps import make_maps
 from . import indexer as indexer_module
-from .indexer import LightningIndexer, Selection, gather_keys, select_keys
+from .indexer import LightningIndexer, Selection, blocks_per_query, gather_keys, select_keys
 from .schedule import keys_per_query
 from .statistics import entropy, layer_record, masked_mean
 
@@ -215,7 +215,7 @@ class IndexerCore(_SparseCore):
         maps_mm, maps_other = attention_score_flops(self.maps.num_maps * kept_scores,
                                                     qk_dim=int(dim * self.maps.qk_fraction), v_dim=dim)
         ih, idim, length = self.indexer.heads, self.indexer.dim, k.size(2)
-        nblocks = max(8, -(-4 * int(kb.max()) // self.block_size)) if self.blocks is None else self.blocks
+        nblocks = blocks_per_query(int(kb.max()), block_size=self.block_size, blocks=self.blocks)
         if nblocks * self.block_size < length:  # two-stage: 2 bounds per block, exact scores of the candidates
             scored = 2 * -(-length // self.block_size) + nblocks * self.block_size
         else:

@@ -222,8 +222,10 @@ class Selection:
 
 
 def blocks_per_query(kmax: int, *, block_size: int, blocks: int | None) -> int:
-    """Blocks kept per query by the first selection stage (enough to hold 4 k keys, at least 8)."""
-    return blocks if blocks is not None else max(8, -(-4 * kmax // block_size))
+    """Blocks kept per query by the first selection stage: ``blocks``, or enough to hold 4 k keys and at least 8;
+    never fewer than hold k keys (a small ``indexer_blocks`` with a large k would leave too few candidates)."""
+    chosen = blocks if blocks is not None else max(8, -(-4 * kmax // block_size))
+    return max(chosen, -(-kmax // block_size))
 
 
 def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: int, *, block_size: int = 64,
