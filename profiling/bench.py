@@ -1,7 +1,7 @@
 """Benchmark: weaver-core 0.5.3's ParticleTransformer vs our fast inference path, same weights, same jets.
 
 ``python -m profiling.bench [--train] [--part-version 3] [--input 'DIR/*.root'] [--data-config ...] [--batch-size 256]
-[--threads 2] [--dtype fp32|bf16] [--device cpu|cuda] [--weights STATE.pt]``
+[--threads 2] [--dtype fp32|bf16] [--compile] [--device cpu|cuda] [--weights STATE.pt]``
 
 Both models see the same batches of real generated jets (weaver's own preprocessing), in alternating timed passes.
 Prints jets/s of both, the ratio, the max |difference| of the softmax outputs and the argmax agreement. This is a
@@ -58,6 +58,7 @@ class BenchConfig(BenchInputs):
     device: str = "cpu"
     dtype: str = "fp32"
     weights: str | None = None
+    compile: bool = False  # our fast path through torch.compile (frozen weights); compile time reported apart
 
 
 def bench_inputs(args: argparse.Namespace, files: Sequence[str], *, default_batch: int) -> dict:
@@ -110,7 +111,8 @@ def _models(cfg: BenchConfig, input_dim: int, num_classes: int, device: torch.de
     """weaver-core's ParT (as ``weaver --predict`` runs it: eval, trimming) and our fast path, same weights."""
     torch.manual_seed(cfg.seed)
     reference, ours = paired_part(input_dim, num_classes, part_version=cfg.part_version, weights=cfg.weights)
-    fast = FastParT(ours.to(device).eval(), FastInferenceConfig(bucket_size=cfg.bucket_size, dtype=cfg.dtype))
+    fast = FastParT(ours.to(device).eval(), FastInferenceConfig(bucket_size=cfg.bucket_size, dtype=cfg.dtype,
+                                                                compile=cfg.compile))
     return reference.to(device).eval(), fast
 
 
@@ -141,7 +143,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     with torch.inference_mode():
         for _ in range(6):  # weaver's SequenceTrimmer only trims after 5 calls
             run_reference(*batches[0])
-        run_fast(*batches[0])
+        warmup, _ = _timed(run_fast, batches)  # every batch: compiling may specialise on some group sizes
         ref_times, fast_times = [], []
         for _ in range(cfg.repeats):
             t_ref, ref_out = _timed(run_reference, batches)
@@ -151,6 +153,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     ref_out, fast_out = torch.cat(ref_out), torch.cat(fast_out)
     result = speed_summary(cfg, device, [b[2] for b in batches], {"weaver": ref_times, "ours": fast_times})
     result |= {
+        "warmup_s": warmup,
         "max_abs_diff_softmax": float((fast_out - ref_out).abs().max()),
         "argmax_agreement": float((fast_out.argmax(1) == ref_out.argmax(1)).float().mean()),
         "mean_max_softmax": float(ref_out.max(1).values.mean()),
@@ -228,7 +231,9 @@ def format_result(r: dict) -> str:
         f"dtype={c['dtype']}, jets={r['jets']} (multiplicity mean {r['multiplicity_mean']:.1f}, "
         f"max {r['multiplicity_max']:.0f})",
         f"weaver-core ParT fp32 : {r['weaver_jets_per_s']:8.1f} jets/s   (version {c['part_version']:g} for both)",
-        f"weaver_ext fast {c['dtype']:5s}: {r['ours_jets_per_s']:8.1f} jets/s",
+        f"weaver_ext fast {c['dtype']:5s}: {r['ours_jets_per_s']:8.1f} jets/s"
+        + (f"   (torch.compile, frozen weights; first pass incl. compiling {r['warmup_s']:.0f} s)" if c["compile"]
+           else ""),
         f"ratio                 : {r['ratio']:8.2f}",
         f"max |d softmax|       : {r['max_abs_diff_softmax']:.2e}   argmax agreement: {r['argmax_agreement']:.4f}"
         f"   (mean max-softmax of the reference {r['mean_max_softmax']:.3f})",
@@ -261,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--bucket-size", type=int, default=32)
+    p.add_argument("--compile", action="store_true",
+                   help="our fast path through torch.compile with frozen weights (inductor; ~30 s per graph)")
     p.add_argument("--weights", help="state_dict of weaver-core's ParticleTransformer (a 'mod.' prefix is removed)")
     p.add_argument("--part-version", type=float, default=1.0, choices=[1.0, 2.0, 3.0, 3.5, 3.6],
                    help="weaver-core ParT version, ours built with the same -o part_version")
@@ -280,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.onnx:
         return _main_onnx(args, files)
     cfg = BenchConfig(**bench_inputs(args, files, default_batch=256), device=args.device, dtype=args.dtype,
-                      weights=args.weights)
+                      weights=args.weights, compile=args.compile)
     result = run_bench(cfg)
     return _report(result, format_result(result), args.out)
 

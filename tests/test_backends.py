@@ -1,6 +1,6 @@
 """Every attention backend against the ``math`` reference with the same inputs / weights.
 
-Tolerances: fp32 forward and gradients atol 1e-5 (rtol 1e-5) for sdpa and flex (flex on CPU: forward only, it has
+Tolerances: fp32 forward and gradients atol 1e-5 (rtol 1e-5) for sdpa, bmm and flex (flex on CPU: forward only, it has
 no CPU backward); flash runs in bf16, so its tolerance is 2e-2 absolute (bf16 has 8 mantissa bits) and its tests
 need CUDA (marked ``gpu``).
 """
@@ -49,10 +49,11 @@ CASES = [(b, lq, lk) for b in (1, 5) for lq, lk in ((13, 13), (1, 14))]  # self-
 @pytest.mark.parametrize("batch,len_q,len_k", CASES)
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_sdpa_forward_and_backward_match_math(batch, len_q, len_k, padded, with_bias):
+@pytest.mark.parametrize("backend", ["sdpa", "bmm"])
+def test_forward_and_backward_match_math(backend, batch, len_q, len_k, padded, with_bias):
     grads = {}
     outs = {}
-    for name in ("math", "sdpa"):
+    for name in ("math", backend):
         inputs = _inputs(batch, len_q, len_k, padded=padded, with_bias=with_bias)
         for t in ("q", "k", "v", "bias"):
             if inputs[t] is not None:
@@ -60,9 +61,29 @@ def test_sdpa_forward_and_backward_match_math(batch, len_q, len_k, padded, with_
         outs[name] = _run(name, inputs)
         outs[name].pow(2).sum().backward()
         grads[name] = [inputs[t].grad for t in ("q", "k", "v", "bias") if inputs[t] is not None]
-    torch.testing.assert_close(outs["sdpa"], outs["math"], atol=FP32_ATOL, rtol=1e-5)
-    for got, want in zip(grads["sdpa"], grads["math"], strict=True):
+    torch.testing.assert_close(outs[backend], outs["math"], atol=FP32_ATOL, rtol=1e-5)
+    for got, want in zip(grads[backend], grads["math"], strict=True):
         torch.testing.assert_close(got, want, atol=FP32_ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch,len_q,len_k", CASES)
+def test_bmm_in_bf16_matches_fp32_math(batch, len_q, len_k):
+    """bf16 inputs give bf16 outputs within bf16 rounding (2e-2) of the fp32 reference."""
+    inputs = _inputs(batch, len_q, len_k, padded=True, with_bias=True)
+    low = {n: (t.bfloat16() if t is not None and t.is_floating_point() else t) for n, t in inputs.items()}
+    want = _run("math", inputs)
+    got = _run("bmm", low)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=BF16_ATOL, rtol=BF16_ATOL)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "bmm"])
+def test_an_empty_jet_gets_zero_attention_output_not_nan(backend):
+    inputs = _inputs(3, 13, 13, padded=True, with_bias=True)
+    inputs["key_padding_mask"][1] = True  # jet 1 has no particle
+    out = _run(backend, inputs)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
 
 
 @pytest.mark.parametrize("batch,len_q,len_k", [(1, 13, 13), (5, 13, 13), (5, 1, 14)])  # flex is ~1 s a call on CPU
@@ -92,11 +113,11 @@ def test_flash_rejections_are_one_line():
 
 def test_capability_table_lists_every_backend():
     table = capability_table()
-    for name in ("math", "sdpa", "flex", "flash"):
+    for name in ("math", "sdpa", "bmm", "flex", "flash"):
         assert f"| {name} |" in table
     assert "| flex | yes | yes | CUDA only | yes | yes |" in table
     assert "| flash | no | yes | yes | no | yes |" in table
-    assert set(BACKENDS) >= {"math", "sdpa", "flex", "flash"}
+    assert set(BACKENDS) >= {"math", "sdpa", "bmm", "flex", "flash"}
 
 
 def _tiny_part() -> ParticleTransformer:

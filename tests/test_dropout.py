@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weaver_ext.backends import math_attention, sdpa_attention
+from weaver_ext.backends import bmm_attention, math_attention, sdpa_attention
 from weaver_ext.dropout import Dropout, drop_positions, dropout
 
 
@@ -55,18 +55,18 @@ def test_seeded_runs_repeat_and_eval_is_identity():
     assert module.train()(x).shape == x.shape and module.p == 0.1
 
 
-def test_cpu_attention_with_dropout_equals_math_attention_with_the_same_seed():
-    """sdpa on CPU with dropout runs an explicit baddbmm path; with the same seed it draws the same positions as the
-    math reference (1e-6: baddbmm scales q k^T after the product, math scales q before it)."""
+def test_cpu_dropout_paths_equal_math_attention_with_the_same_seed():
+    """sdpa on CPU with dropout runs the explicit baddbmm path of bmm; with the same seed both draw the same positions
+    as the math reference (1e-6: baddbmm scales q k^T after the product, math scales q before it)."""
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(3, 2, 20, 8, generator=gen) for _ in range(3))
     bias = torch.randn(3, 2, 20, 20, generator=gen)
     pad = torch.zeros(3, 20, dtype=torch.bool)
     pad[1, 15:] = True
     outs = []
-    for fn in (math_attention, sdpa_attention):
+    for fn in (math_attention, sdpa_attention, bmm_attention):
         torch.manual_seed(9)
         outs.append(fn(q, k, v, bias=bias, key_padding_mask=pad, dropout_p=0.2))
-    assert (outs[0] - outs[1]).abs().max() <= 1e-6
+    assert max((out - outs[0]).abs().max() for out in outs[1:]) <= 1e-6
     no_drop = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(pad[:, None, None], float("-inf")))
     assert (outs[0] - no_drop).abs().max() > 1e-2  # dropout really dropped weights

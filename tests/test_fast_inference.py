@@ -8,7 +8,17 @@ from torch import nn
 
 from tests.conftest import JETCLASS_CONFIGS
 from tests.helpers import weaver_batch
-from weaver_ext.fast_inference import FastInferenceConfig, FastParT, FoldedLinear, _fold_conv_bn, pack_real_first
+from weaver_ext.fast_inference import (
+    CompiledShapes,
+    FastInferenceConfig,
+    FastParT,
+    FoldedLinear,
+    _fold_conv_bn,
+    engine_for,
+    group_indices,
+    group_length,
+    pack_real_first,
+)
 from weaver_ext.part import ParticleTransformer
 from weaver_ext.part_config import part_config
 
@@ -40,8 +50,8 @@ def model_and_batch(jet_files):
 @pytest.mark.parametrize(
     "cfg",
     [FastInferenceConfig(), FastInferenceConfig(bucket_size=8), FastInferenceConfig(bucket_size=0),
-     FastInferenceConfig(fold_pair_embed=False)],
-    ids=["default", "bucket8", "one-bucket", "unfolded"],
+     FastInferenceConfig(fold_pair_embed=False), FastInferenceConfig(attention_backend="sdpa")],
+    ids=["default", "bucket8", "one-bucket", "unfolded", "sdpa"],
 )
 def test_fast_path_matches_standard_forward(model_and_batch, cfg):
     model, b = model_and_batch
@@ -74,6 +84,57 @@ def test_particle_order_does_not_matter(model_and_batch):
     assert torch.equal(packed_m, m.bool())
     with torch.inference_mode():
         assert (FastParT(model)(xp, vp, mp) - model(x, v, m)).abs().max().item() <= SOFTMAX_TOL
+
+
+def test_default_cpu_engine_runs_bmm_attention_with_the_padding_merged_once(model_and_batch):
+    model, b = model_and_batch
+    args = (b["pf_features"][:16], b["pf_vectors"][:16], b["pf_mask"][:16])
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        FastParT(model)(*args)
+    names = {event.key for event in prof.key_averages()}
+    assert "aten::baddbmm" in names  # bmm core on the particle blocks
+    ctx = FastParT(model)._context(torch.device("cpu"))
+    assert ctx.backend == "bmm" and ctx.merged_padding
+    assert next(iter(model.blocks)).attn.core.backend == "sdpa"  # the model's own backend is left as it was
+
+
+def _small_part(seed: int) -> ParticleTransformer:
+    """A small ParT (one block of each kind, narrow): compiling it takes seconds, not half a minute."""
+    torch.manual_seed(seed)
+    model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=1, num_cls_layers=1,
+                                            embed_dims=(32, 32), pair_embed_dims=(16, 16), num_heads=4,
+                                            for_inference=True)).eval()
+    _randomise_batchnorms(model)
+    return model
+
+
+def test_compiled_engine_equals_the_standard_forward_and_follows_new_weights(model_and_batch):
+    """torch.compile with frozen weights (fp32): within 1e-5 of the standard forward. The engine is cached, and
+    rebuilt when the weights change in place, so frozen constants never go stale."""
+    _, b = model_and_batch
+    model = _small_part(seed=4)
+    args = (b["pf_features"][:40], b["pf_vectors"][:40], b["pf_mask"][:40])
+    cfg = FastInferenceConfig(bucket_size=8, compile=True)
+    with torch.inference_mode():
+        engine = engine_for(model, cfg)
+        assert engine_for(model, cfg) is engine
+        assert (engine(*args) - model(*args)).abs().max().item() <= SOFTMAX_TOL
+    model.load_state_dict(_small_part(seed=5).state_dict())
+    with torch.inference_mode():
+        rebuilt = engine_for(model, cfg)
+        assert rebuilt is not engine
+        assert (rebuilt(*args) - model(*args)).abs().max().item() <= SOFTMAX_TOL
+
+
+@pytest.mark.slow
+def test_compiled_bf16_engine_stays_close(model_and_batch):
+    """The compiled bf16 engine, as the eager one: close to fp32 (trained-weights agreement: profiling.bench)."""
+    model, b = model_and_batch
+    args = (b["pf_features"][:32], b["pf_vectors"][:32], b["pf_mask"][:32])
+    with torch.inference_mode():
+        got = FastParT(model, FastInferenceConfig(dtype="bf16", compile=True))(*args)
+        expected = model(*args)
+    assert (got - expected).abs().max().item() <= 0.05
 
 
 def test_folding_conv_batchnorm_is_exact():
@@ -119,4 +180,18 @@ def test_folded_pair_bias_matches_weaver_pair_embed(jet_files):
     with torch.inference_mode():
         expected = model.pair_embed(v, mask=mask)
         got = FoldedPairEmbed(model.pair_embed)(v, mask)
+        padded_rows = FoldedPairEmbed(model.pair_embed, row_multiple=4096)(v, mask)  # as compiled engines run it
     assert (got - expected).abs().max().item() <= 1e-5
+    assert torch.equal(padded_rows, got)  # dummy pairs land in the spare row only
+
+
+def test_compiled_shapes_are_equal_groups_and_rounded_lengths(model_and_batch):
+    """The group shapes of a compiled engine: equal jet counts by multiplicity, lengths rounded up to 8."""
+    _, b = model_and_batch
+    lengths = b["pf_mask"].sum(dim=(1, 2))[:90]
+    groups = group_indices(lengths, 16, CompiledShapes())
+    assert [len(g) for g in groups] == [16] * 5 + [10]
+    assert torch.equal(torch.cat(groups).sort().values, torch.arange(90))
+    assert all(lengths[g].max() <= lengths[h].min() for g, h in zip(groups[:-1], groups[1:], strict=True))  # sorted
+    assert [group_length(n, 128, CompiledShapes()) for n in (1, 8, 9, 123, 128)] == [8, 8, 16, 128, 128]
+    assert group_length(9, 128) == 9  # eager engines: the longest jet

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from profiling.flops import count_flops
-from profiling.roofline import matmul_peak_gflops, native_bf16, true_flops
+from profiling.roofline import _matmul_kernels, matmul_peak_gflops, native_bf16, true_flops
 from weaver_ext.part import ParticleTransformer
 from weaver_ext.part_config import part_config
 
@@ -42,3 +42,13 @@ def test_native_bf16_reads_the_flags_and_the_peak_is_measured():
     assert native_bf16({"avx2", "avx512f", "avx512_bf16"}) == "AVX512_BF16"
     assert native_bf16({"avx2", "fma"}) is None
     assert matmul_peak_gflops(torch.float32, size=256, repeats=2) > 0
+
+
+def test_every_timed_peak_kernel_computes_the_matmul():
+    """The peak is the best of several kernels (torch.mm, oneDNN's prepacked linear): each must be a real a @ b."""
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(64, 48, generator=gen), torch.randn(48, 32, generator=gen)
+    kernels = _matmul_kernels(a, b)
+    assert len(kernels) >= 1
+    for kernel in kernels:
+        torch.testing.assert_close(kernel(), a @ b, atol=1e-4, rtol=1e-4)

@@ -71,13 +71,14 @@ class AttentionCore(nn.Module):
         self.layer = layer
 
     def dense(self, q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None,
-              key_padding_mask: Tensor | None) -> Tensor:
-        """``softmax(q k^T / sqrt(d) + bias) v`` by the selected backend (its capabilities checked first)."""
-        check_backend(self.backend, has_bias=bias is not None, has_mask=key_padding_mask is not None,
+              key_padding_mask: Tensor | None, backend: str | None = None) -> Tensor:
+        """``softmax(q k^T / sqrt(d) + bias) v`` by ``backend`` (default: this core's), its capabilities checked
+        first."""
+        backend = backend or self.backend
+        check_backend(backend, has_bias=bias is not None, has_mask=key_padding_mask is not None,
                       training=self.training and torch.is_grad_enabled(), device=q.device)
         dropout_p = self.dropout if self.training else 0.0
-        return get_backend(self.backend).core(q, k, v, bias=bias, key_padding_mask=key_padding_mask,
-                                              dropout_p=dropout_p)
+        return get_backend(backend).core(q, k, v, bias=bias, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
 
     def flops(self, args: tuple, kwargs: dict, out: Tensor) -> tuple[int, int]:
         """Dense cost; cores that compute more or less override it (read by profiling/flops.py)."""
@@ -97,7 +98,7 @@ class DenseCore(AttentionCore):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, key_padding_mask: Tensor | None,
                 x: Tensor, ctx: ForwardContext) -> Tensor:
         def attend(q_part: Tensor, k_part: Tensor, first: bool) -> Tensor:
-            return self.dense(q_part, k_part, v, bias=bias, key_padding_mask=key_padding_mask)
+            return self.dense(q_part, k_part, v, bias=bias, key_padding_mask=key_padding_mask, backend=ctx.backend)
 
         return self.maps(q, k, attend)
 

@@ -47,4 +47,6 @@ class ForwardContext:
     pair_fn: PairBiasFn | None = None  # DSA indexer: ParT's pair bias evaluated on selected pairs only
     directions: Tensor | None = None  # DSA indexer with indexer_prior='angle': unit directions (B, L, 3)
     value_residual: ValueResidual | None = None
+    backend: str | None = None  # dense softmax attention by this backend instead of each core's own (fast inference)
+    merged_padding: bool = False  # the padding is added to the pair bias once, before the blocks (see run_blocks)
     records: list[LayerRecord] = field(default_factory=list)

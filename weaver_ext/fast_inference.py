@@ -6,25 +6,50 @@ Three tricks, each optional and tested for equivalence against the standard forw
    (weaver pads every jet to the batch maximum; real jets have 40-65 of up to 128 particles).
 2. A folded pair embedding: the BatchNorms of weaver's PairEmbed are folded into its 1x1 convolutions, which become
    plain matrix products on the real (i <= j) pairs only, evaluated without the full L x L kinematics.
-3. Optional bf16: a bf16 copy of the weights runs everything after the pair kinematics (which stay fp32). Plain
-   autocast gains little on CPU because LayerNorm/GELU stay fp32 and every block pays casts in both directions.
+3. Optional bf16. Eagerly, a bf16 copy of the weights runs everything after the pair kinematics (which stay fp32):
+   plain autocast gains little there, as every block pays casts in both directions. Compiled, autocast: the matrix
+   products run in bf16 while the residual stream, norms and softmax stay fp32; inductor fuses the activation casts
+   into its kernels and freezing folds the weight casts. That is both faster and closer to fp32 than the bf16 copy.
+4. On CPU, attention by explicit batched matmuls (the ``bmm`` backend, fp32 softmax) with the padding added to the
+   pair bias once per group: torch's fused SDPA kernel is 2-3x slower at ParT's sizes (head dim 16, short jets).
+5. Optional ``torch.compile`` (inductor with frozen weights, dynamic shapes) of the pair MLP and of everything after
+   it: prepacked oneDNN matmuls with fused GELUs, fused LayerNorms and residuals. Compiling takes ~30 s per graph, so
+   compiled engines are cached per model and rebuilt when its weights change (``engine_for``). oneDNN builds one
+   kernel per matrix shape and keeps 1024 of them, so a compiled engine runs few shapes (``CompiledShapes``):
+   groups of equal jet counts, lengths rounded up to a multiple of 8 and pair rows to a multiple of 4096. With a
+   new shape in every group, kernel creation made the compiled path 1.6x slower (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import itertools
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from torch import nn
 
+from .backends import get_backend
 from .bucketed import length_buckets, pack_real_first, real_pair_features, real_pairs
+from .context import ForwardContext
 
-__all__ = ["FastInferenceConfig", "FastParT", "FoldedLinear", "FoldedPairEmbed", "can_fold", "fast_inference_forward",
-           "length_buckets", "pack_real_first"]
+__all__ = ["CompiledShapes", "FastInferenceConfig", "FastParT", "FoldedLinear", "FoldedPairEmbed", "can_fold",
+           "compile_frozen", "engine_for", "fast_inference_forward", "group_indices", "group_length", "length_buckets",
+           "pack_real_first"]
 
 Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class CompiledShapes:
+    """How a compiled engine rounds its matrix shapes, so that oneDNN's kernel cache (1024 kernels) keeps them all."""
+
+    length_multiple: int = 8  # group length rounded up (padded slots are masked, as any padding)
+    pair_row_multiple: int = 4096  # rows of the pair MLP rounded up with dummy pairs, dropped after it
+    equal_groups: bool = True  # groups of exactly bucket_size jets (by multiplicity) instead of fewest-padding ones
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,8 @@ class FastInferenceConfig:
     bucket_size: int = 32  # about this many jets per length bucket (bucketed.length_buckets); 0 = one bucket
     fold_pair_embed: bool = True
     dtype: Literal["fp32", "bf16"] = "fp32"
+    attention_backend: str | None = None  # None: 'bmm' on CPU, the model's own backends on CUDA
+    compile: bool = False  # torch.compile with frozen weights: only where the weights no longer change
 
 
 class FoldedPairEmbed(nn.Module):
@@ -43,8 +70,10 @@ class FoldedPairEmbed(nn.Module):
     (B, H, L, L) bias, zero on padded pairs (as weaver's sparse evaluation).
     """
 
-    def __init__(self, pair_embed: nn.Module) -> None:
+    def __init__(self, pair_embed: nn.Module, *, row_multiple: int = 1) -> None:
+        """``row_multiple``: pad the pair rows to a multiple of it (a few matrix shapes for compiled kernels)."""
         super().__init__()
+        self.row_multiple = row_multiple
         if not can_fold(pair_embed):
             raise ValueError("the folded pair embedding supports symmetric kinematic pair features only")
         self.pair_features = pair_embed.pairwise_lv_fts
@@ -53,17 +82,30 @@ class FoldedPairEmbed(nn.Module):
 
     def forward(self, v: Tensor, mask: Tensor) -> Tensor:
         """v: (B, 4, L) four-vectors; mask: (B, 1, L) bool. Returns the additive bias (B, H, L, L)."""
-        batch, _, length = v.shape
         pairs = real_pairs(mask.bool(), remove_self_pair=self.remove_self_pair)
         fts = real_pair_features(self.pair_features, v, pairs)  # (1, F, P)
-        b, i, j = pairs.b, pairs.i, pairs.j
-        h = fts.squeeze(0).T.to(self.layers[0].weight.dtype)  # (P, F): kinematics in fp32, then the model dtype
+        batch, _, length = v.shape
+        flat_ij = (pairs.b * length + pairs.i) * length + pairs.j
+        flat_ji = (pairs.b * length + pairs.j) * length + pairs.i
+        fts = fts.squeeze(0).T  # (P, F)
+        extra = -fts.size(0) % self.row_multiple
+        if extra:  # dummy pairs: zero features, scattered to the spare row past the end
+            fts = torch.cat((fts, fts.new_zeros(extra, fts.size(1))))
+            spare = flat_ij.new_full((extra,), batch * length * length)
+            flat_ij, flat_ji = torch.cat((flat_ij, spare)), torch.cat((flat_ji, spare))
+        return self.embed(fts, flat_ij, flat_ji, batch, length)
+
+    def embed(self, fts: Tensor, flat_ij: Tensor, flat_ji: Tensor, batch: int, length: int) -> Tensor:
+        """The MLP on the pair features (P, F) and the symmetric scatter to ordered pairs (flat indices into
+        batch * length * length; index batch * length * length is a spare row for dummy pairs). Free of
+        data-dependent shapes, so it compiles."""
+        h = fts.to(self.layers[0].weight.dtype)  # (P, F): kinematics in fp32, then the model dtype
         for layer in self.layers:
             h = layer(h)  # (P, H) at the end
-        flat = h.new_zeros(batch * length * length, h.size(1))  # (B*L*L, H): one row per ordered pair
-        flat[(b * length + i) * length + j] = h
-        flat[(b * length + j) * length + i] = h
-        return flat.view(batch, length, length, -1).permute(0, 3, 1, 2).contiguous()
+        flat = h.new_zeros(batch * length * length + 1, h.size(1))  # one row per ordered pair, plus the spare
+        flat[flat_ij] = h
+        flat[flat_ji] = h
+        return flat[:-1].view(batch, length, length, -1).permute(0, 3, 1, 2).contiguous()
 
 
 def can_fold(pair_embed: nn.Module | None) -> bool:
@@ -132,7 +174,8 @@ class FastParT(nn.Module):
         if not model.supports_fast_inference:
             raise ValueError(f"the fast inference path does not support {type(model).__name__} with these options")
         self.cfg = cfg or FastInferenceConfig()
-        self.dtype = torch.bfloat16 if self.cfg.dtype == "bf16" else torch.float32
+        self.autocast = self.cfg.dtype == "bf16" and self.cfg.compile  # bf16 products, fp32 residuals (module doc)
+        self.dtype = torch.bfloat16 if self.cfg.dtype == "bf16" and not self.autocast else torch.float32  # weights
         if self.dtype == torch.float32:
             self.model = model
         else:  # a low-precision copy; the unfolded pair embedding (fallback) stays fp32 for its log features
@@ -141,7 +184,30 @@ class FastParT(nn.Module):
                 self.model.pair_embed.float()
         model = self.model
         pair_embed = model.pair_embed
-        self.folded = FoldedPairEmbed(pair_embed) if self.cfg.fold_pair_embed and can_fold(pair_embed) else None
+        self.shapes = CompiledShapes() if self.cfg.compile else None
+        rows = self.shapes.pair_row_multiple if self.shapes else 1
+        foldable = self.cfg.fold_pair_embed and can_fold(pair_embed)
+        self.folded = FoldedPairEmbed(pair_embed, row_multiple=rows) if foldable else None
+        if self.cfg.attention_backend is not None:
+            get_backend(self.cfg.attention_backend)
+        self._tail = self._tail_eager
+        if self.cfg.compile:
+            # compiled code of this model's earlier weights must go: in-place updates keep the module's identity,
+            # which is all dynamo's guards check (compile_frozen). Other engines recompile on their next call.
+            torch.compiler.reset()
+            self._tail = compile_frozen(self._tail_eager)
+            if self.folded is not None:
+                self.folded.embed = compile_frozen(self.folded.embed)
+
+    def _context(self, device: torch.device) -> ForwardContext:
+        """This forward's context: the attention backend (``bmm`` on CPU by default) and the padding merged into the
+        pair bias once. Under ONNX export the graph keeps the model's own backends (bmm's empty-jet check is
+        data-dependent)."""
+        ctx = self.model.new_context()
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return ctx
+        backend = self.cfg.attention_backend or ("bmm" if device.type == "cpu" else None)
+        return replace(ctx, backend=backend, merged_padding=True)
 
     def forward_group(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """One group of jets the caller has already bucketed: real particles first, trimmed to its longest jet.
@@ -156,15 +222,20 @@ class FastParT(nn.Module):
 
     def _group(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """The model's own encode/pool/head on one group already trimmed to its longest jet."""
-        model = self.model
         if self.folded is not None:
-            bias = self.folded(v, mask)
+            bias = self.folded(v, mask)  # fp32 also under autocast: a bf16 pair MLP moved softmaxes by 0.06 (trained)
         else:
-            bias = model.pair_bias(v, None, mask)
+            bias = self.model.pair_bias(v, None, mask)
             bias = None if bias is None else bias.to(self.dtype)
-        encoded = model.encode_trimmed(x.to(self.dtype), v, mask, bias)
-        pooled = model.pool(encoded.tokens, encoded.padding_mask)
-        return model.fc(pooled) if model.fc is not None else pooled
+        return self._tail(x.to(self.dtype), v, mask, bias)
+
+    def _tail_eager(self, x: Tensor, v: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+        """Everything after the pair embedding: blocks, pooling, head (what ``compile`` compiles)."""
+        model = self.model
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            encoded = model.encode_trimmed(x, v, mask, bias, ctx=self._context(x.device))
+            pooled = model.pool(encoded.tokens, encoded.padding_mask)
+            return model.fc(pooled) if model.fc is not None else pooled
 
     @torch.inference_mode()
     def forward(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -172,8 +243,8 @@ class FastParT(nn.Module):
         x, v, mask = pack_real_first(x, v, mask)
         lengths = mask.sum(dim=(1, 2))
         outputs: Tensor | None = None
-        for idx in length_buckets(lengths, self.cfg.bucket_size):
-            keep = int(lengths[idx].max().clamp(min=1))
+        for idx in group_indices(lengths, self.cfg.bucket_size, self.shapes):
+            keep = group_length(int(lengths[idx].max().clamp(min=1)), x.size(-1), self.shapes)
             out = self._group(x[idx, :, :keep], v[idx, :, :keep], mask[idx, :, :keep]).float()
             if outputs is None:
                 outputs = out.new_empty((x.size(0), *out.shape[1:]))
@@ -181,6 +252,59 @@ class FastParT(nn.Module):
         if self.model.for_inference and self.model.cfg.head.task == "classification" and self.model.fc is not None:
             outputs = torch.softmax(outputs, dim=1)
         return outputs
+
+
+def group_indices(lengths: Tensor, bucket_size: int, shapes: CompiledShapes | None = None) -> list[Tensor]:
+    """Jet indices per group: the fewest padded slots, or equal counts by multiplicity (``shapes.equal_groups``)."""
+    if shapes is None or not shapes.equal_groups or bucket_size <= 0:
+        return length_buckets(lengths, bucket_size)
+    return list(torch.argsort(lengths, stable=True).split(bucket_size))
+
+
+def group_length(longest: int, slots: int, shapes: CompiledShapes | None = None) -> int:
+    """A group's length: its longest jet, rounded up to ``shapes.length_multiple`` (at most ``slots``)."""
+    if shapes is None:
+        return longest
+    return min(-(-longest // shapes.length_multiple) * shapes.length_multiple, slots)
+
+
+def compile_frozen(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``torch.compile`` of an inference function with dynamic shapes and inductor's ``freezing``: the weights become
+    constants, so linear layers run prepacked oneDNN kernels with fused activations.
+
+    Frozen weights must never serve other weights. Dynamo's default guards accept any module whose parameters have
+    the same shapes; without ``inline_inbuilt_nn_modules`` they match modules by identity, so two models never share
+    compiled code. The same module with new weights still would: ``FastParT`` resets dynamo when it builds a compiled
+    engine. Both settings are read whenever dynamo (re)compiles, so every call runs under them."""
+    compiled = torch.compile(fn, dynamic=True)
+
+    def run(*args: Tensor | None | int) -> Tensor:
+        with torch._inductor.config.patch(freezing=True), \
+                torch._dynamo.config.patch(inline_inbuilt_nn_modules=False):
+            return compiled(*args)
+
+    return run
+
+
+_ENGINE_CACHE: list[tuple[weakref.ref, tuple, FastParT]] = []  # one entry: the last compiled engine
+
+
+def engine_for(model: nn.Module, cfg: FastInferenceConfig) -> FastParT:
+    """The fast engine of ``model``: built per call, except compiled ones, which are cached (compiling costs ~30 s)
+    and rebuilt when ``cfg`` or any weight changed. In-place updates, ``load_state_dict`` included, bump a tensor's
+    version counter, which is part of the cache key, so frozen weights never go stale."""
+    if not cfg.compile:
+        # folding a few small matrices costs microseconds and can never go stale after load_state_dict (the bf16
+        # option also copies the weights per call: ~10 ms per batch)
+        return FastParT(model, cfg)
+    key = (cfg, tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers())))
+    if _ENGINE_CACHE:
+        ref, cached_key, engine = _ENGINE_CACHE[0]
+        if ref() is model and cached_key == key:
+            return engine
+    engine = FastParT(model, cfg)
+    _ENGINE_CACHE[:] = [(weakref.ref(model), key, engine)]
+    return engine
 
 
 def fast_inference_forward(model: nn.Module, x: Tensor, v: Tensor | None, mask: Tensor, uu: Tensor | None,
@@ -202,8 +326,7 @@ def fast_inference_forward(model: nn.Module, x: Tensor, v: Tensor | None, mask: 
         return None
     if not supported:
         raise ValueError(unsupported)
-    # built per call on purpose: folding a few small matrices costs microseconds and can never go stale after
-    # load_state_dict (the bf16 option also copies the weights per call: ~10 ms per batch)
     inference = model.cfg.inference
-    return FastParT(model, FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype))(
-        x, v, mask)
+    cfg = FastInferenceConfig(bucket_size=inference.bucket_size, dtype=inference.inference_dtype,
+                              compile=inference.inference_compile)
+    return engine_for(model, cfg)(x, v, mask)

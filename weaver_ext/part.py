@@ -298,7 +298,7 @@ class ParticleTransformer(nn.Module):
         if local is not None:
             local = local.to(x.dtype).expand(-1, self.cfg.blocks.num_heads, -1, -1)
             bias = local if bias is None else bias + local
-        if bias is not None and self._blocks_take_a_merged_mask():  # once here instead of once per block
+        if bias is not None and self._blocks_take_a_merged_mask(ctx):  # once here instead of once per block
             empty = padding_mask.all(-1)  # jets without particles: left unmasked, or softmax would give NaN
             bias = merge_bias_and_mask(bias, padding_mask.masked_fill(empty[:, None], False), bias.dtype)
             padding_mask = None
@@ -310,11 +310,14 @@ class ParticleTransformer(nn.Module):
                 x = block(x, padding_mask=padding_mask, bias=bias, ctx=ctx)
         return x[:, :num_particles]
 
-    def _blocks_take_a_merged_mask(self) -> bool:
-        """Dense cores through sdpa or math add the padding to the pair bias in every block: in training, merge it once
-        (eval keeps the mask separate for the profiler's hooks, which read real queries from it)."""
-        dense = all(isinstance(b.attn.core, DenseCore) and b.attn.core.backend in ("sdpa", "math") for b in self.blocks)
-        return dense and self.training and torch.is_grad_enabled()
+    def _blocks_take_a_merged_mask(self, ctx: ForwardContext) -> bool:
+        """Dense cores through sdpa, bmm or math add the padding to the pair bias in every block: in training and in
+        the fast inference path (``ctx.merged_padding``), merge it once (the standard eval forward keeps the mask
+        separate for the profiler's hooks, which read real queries from it)."""
+        mergeable = ("sdpa", "bmm", "math")
+        dense = all(isinstance(b.attn.core, DenseCore) and (ctx.backend or b.attn.core.backend) in mergeable
+                    for b in self.blocks)
+        return dense and (ctx.merged_padding or (self.training and torch.is_grad_enabled()))
 
     def publish(self, ctx: ForwardContext) -> None:
         """Hand a training forward's auxiliary loss and statistics to the aux channel (nothing pending otherwise);

@@ -153,6 +153,9 @@ class InferenceConfig:
     # way); 'auto': bucketed on CPU, padded on GPU (where the bucketed path has not been measured yet)
     training_path: Literal["auto", "bucketed", "padded"] = "auto"
     inference_dtype: Literal["fp32", "bf16"] = "fp32"
+    # the bucketed inference path through torch.compile (inductor, frozen weights): ~30 s to compile, then 1.2-1.7x
+    # faster on CPU (docs/benchmarks.md); the engine is cached and rebuilt when the weights change
+    inference_compile: bool = False
     trim: bool = True
     for_inference: bool = False  # injected by weaver (--export-onnx / --predict)
     use_amp: bool = False  # injected by weaver (--use-amp)

@@ -117,19 +117,30 @@ def test_export_onnx_of_the_fast_path_matches_pytorch(trained, jet_files):
     assert np.abs(got - expected).max() <= 1e-5
 
 
+def _predict_scores(trained, jet_files, name: str, opts: dict[str, str]) -> np.ndarray:
+    out = trained / f"pred_{name}.root"
+    run_weaver(
+        ["--predict", "--data-test", *jet_files, "--data-config", DATA_CONFIG, "--network-config", NETWORK,
+         *_opts({**TINY_OPTS, **opts}), "--model-prefix", trained / "net_epoch-0_state.pt", "--gpus", "",
+         "--num-workers", "0", "--batch-size", "64", "--predict-output", out],
+        cwd=trained,
+    )
+    events = uproot.open(out)["Events"].arrays(library="np")
+    return np.stack([events[f"score_label_{c}"] for c in LABELS], axis=1)
+
+
 def test_bucketed_predict_matches_standard_predict(trained, jet_files):
     """weaver --predict through the fast inference path (-o inference_path 'bucketed') gives the same scores."""
-    outputs = {}
-    for path in ("standard", "bucketed"):
-        out = trained / f"pred_{path}.root"
-        run_weaver(
-            ["--predict", "--data-test", *jet_files, "--data-config", DATA_CONFIG, "--network-config", NETWORK,
-             *_opts({**TINY_OPTS, "inference_path": f"'{path}'"}), "--model-prefix",
-             trained / "net_epoch-0_state.pt", "--gpus", "", "--num-workers", "0", "--batch-size", "64",
-             "--predict-output", out],
-            cwd=trained,
-        )
-        events = uproot.open(out)["Events"].arrays(library="np")
-        outputs[path] = np.stack([events[f"score_label_{c}"] for c in LABELS], axis=1)
-    assert outputs["standard"].shape == outputs["bucketed"].shape
-    assert np.abs(outputs["standard"] - outputs["bucketed"]).max() <= 1e-5
+    standard = _predict_scores(trained, jet_files, "standard", {"inference_path": "'standard'"})
+    bucketed = _predict_scores(trained, jet_files, "bucketed", {"inference_path": "'bucketed'"})
+    assert standard.shape == bucketed.shape
+    assert np.abs(standard - bucketed).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_bucketed_predict_matches_standard_predict(trained, jet_files):
+    """-o inference_compile True: the same scores through torch.compile with frozen weights (fp32, 1e-5)."""
+    standard = _predict_scores(trained, jet_files, "standard", {"inference_path": "'standard'"})
+    compiled = _predict_scores(trained, jet_files, "compiled",
+                               {"inference_path": "'bucketed'", "inference_compile": "True"})
+    assert np.abs(standard - compiled).max() <= 1e-5
