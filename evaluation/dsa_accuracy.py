@@ -31,7 +31,7 @@ ACCURACY_OPTS = {"num_layers": "2", "num_cls_layers": "1", "embed_dims": "(32,32
 def accuracy_variants(kept: float, warmup_steps: int) -> dict[str, dict[str, str]]:
     """The compared models: dense ParT and DSA-ParT keeping ``kept`` of the keys (faithful topk and indexer modes;
     the indexer also with a warm-up that starts dense and reaches ``kept`` after ``warmup_steps`` training steps, with
-    the angular prior ``indexer_prior='angle'``, and with both)."""
+    the angular prior ``indexer_prior='angle'``, with both, and with the pair prior ``indexer_prior='pair'``)."""
     sparse = {"dsa_enabled": "True", "sparsity_ratio": repr(kept)}
     indexer = {**sparse, "dsa_mode": "'indexer'"}
     warmup = {**indexer, "sparsity_ratio": "1.0", "target_sparsity": repr(kept), "sparsity_schedule": "'linear'",
@@ -39,7 +39,8 @@ def accuracy_variants(kept: float, warmup_steps: int) -> dict[str, dict[str, str
     prior = {"indexer_prior": "'angle'"}
     return {"dense": {"attention": "'softmax'"}, f"dsa_topk_{kept:g}": sparse, f"dsa_indexer_{kept:g}": indexer,
             f"dsa_indexer_warmup_{kept:g}": warmup, f"dsa_indexer_prior_{kept:g}": {**indexer, **prior},
-            f"dsa_indexer_prior_warmup_{kept:g}": {**warmup, **prior}}
+            f"dsa_indexer_prior_warmup_{kept:g}": {**warmup, **prior},
+            f"dsa_indexer_pair_{kept:g}": {**indexer, "indexer_prior": "'pair'"}}
 
 
 def train_and_score(run: Path, options: dict[str, str], *, train: list[str], test: list[str], epochs: int,

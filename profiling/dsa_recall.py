@@ -7,7 +7,7 @@
 - **attention recall**: the fraction of the keys the indexer picks that are among the k keys the layer's *dense*
   attention (q.k / sqrt(d) + ParT's pair bias over every key, averaged over heads) weights most; and the dense
   attention mass the indexer's keys hold relative to those best k. This is what decides whether sparse attention
-  can match dense: the indexer does not see the pair features.
+  can match dense: the indexer does not see the pair features (unless ``indexer_prior='pair'`` gives them to it).
 
 Works for any network config whose model has DSA indexer layers (networks/track_transformer.py and
 networks/dsa_part.py with ``-o attention "'dsa'" -o dsa_mode "'indexer'"``), trained (``--weights``, a weaver
@@ -36,7 +36,7 @@ from profiling.loading import (
     parse_network_options,
 )
 from weaver_ext.dsa import IndexerCore, select_keys
-from weaver_ext.dsa.indexer import indexer_scores
+from weaver_ext.dsa.indexer import indexer_scores, pair_prior_scores
 
 __all__ = ["indexer_recall", "layer_recall", "main"]
 
@@ -49,15 +49,21 @@ def layer_recall(core: IndexerCore, call: dict, *, blocks: int | None) -> dict[s
     kb = int(core.kept_keys(k, pad, ctx)[0].max())
     real = torch.ones(x.shape[:2], dtype=torch.bool) if pad is None else ~pad
     iq, ik, iw = core.indexer.project(x)
-    exact = indexer_scores(iq, ik, iw, pad, core.indexer.prior_terms(x, ctx.directions))[0]  # (N, N)
+    dense_pairs = call.get("bias") if core.indexer.pair_proj is not None else None  # the pair prior reads it
+    pair = core.indexer.pair_terms(x, dense_pairs)
+    exact = indexer_scores(iq, ik, iw, pad, core.indexer.prior_terms(x, ctx.directions),
+                           None if pair is None else pair_prior_scores(*pair))[0]  # (N, N)
     blocks = core.blocks if blocks is None else blocks
     idx = select_keys(core.indexer, x, pad, kb, block_size=core.block_size, blocks=blocks,
-                      directions=ctx.directions).idx[0]  # (N, kb)
+                      directions=ctx.directions, pair_bias=dense_pairs).idx[0]  # (N, kb)
     chosen = exact.gather(-1, idx)
     selection = (chosen >= exact.topk(kb, dim=-1).values[:, -1:] - 1e-6).float().mean(-1)
     n = x.size(1)
     all_keys = torch.arange(n).expand(1, n, n)
-    bias = ctx.pair_fn(all_keys, torch.ones(1, n, n, dtype=torch.bool), 0) if ctx.pair_fn is not None else 0.0
+    if dense_pairs is not None:
+        bias = dense_pairs
+    else:
+        bias = ctx.pair_fn(all_keys, torch.ones(1, n, n, dtype=torch.bool), 0) if ctx.pair_fn is not None else 0.0
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1)) + bias  # (1, H, N, N)
     if pad is not None:
         scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))

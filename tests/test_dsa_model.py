@@ -32,7 +32,8 @@ def _jets(n: int = 16, length: int = 24, *, seed: int = 0) -> tuple[torch.Tensor
 
 
 MODES = {"topk": {"dsa_mode": "topk"}, "indexer": {"dsa_mode": "indexer"},
-         "indexer_prior": {"dsa_mode": "indexer", "indexer_prior": "angle"}}
+         "indexer_prior": {"dsa_mode": "indexer", "indexer_prior": "angle"},
+         "indexer_pair": {"dsa_mode": "indexer", "indexer_prior": "pair"}}
 
 
 def _model(**opts: object) -> ParticleTransformer:
@@ -359,3 +360,49 @@ def test_too_few_candidate_blocks_for_k_are_raised_to_hold_k_keys():
     x, v, mask = _jets(n=2, length=40)
     with torch.no_grad():
         assert torch.isfinite(model(x, v, mask)).all()
+
+
+def test_pair_prior_alone_selects_the_keys_of_the_largest_mean_pair_bias():
+    """With the ReLU heads silenced, a fresh pair prior selects each query's k keys of largest head-mean ParT pair
+    bias (the pair bias dense attention adds); its coefficients then train by distillation."""
+    k = 5
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, indexer_prior="pair", trim=False).eval()
+    for module in model.modules():
+        if isinstance(module, dsa.LightningIndexer):
+            torch.nn.init.zeros_(module.q_proj.weight)
+            torch.nn.init.zeros_(module.q_proj.bias)
+    x, v, mask = _jets(n=3, length=20)
+    core = next(m for m in model.modules() if isinstance(m, dsa.IndexerCore))
+    seen = {}
+    core.register_forward_pre_hook(lambda _m, args, kwargs: seen.update(x=kwargs["x"], bias=kwargs["bias"]),
+                                   with_kwargs=True)
+    with torch.no_grad():
+        model(x, v, mask)
+        pad = ~mask[:, 0].bool()
+        sel = dsa.select_keys(core.indexer, seen["x"], pad, k, pair_bias=seen["bias"])
+    assert seen["bias"].shape == (3, TINY["num_heads"], 20, 20)  # the dense bias of ParT, as dense attention gets
+    mean_bias = seen["bias"].mean(1).masked_fill(pad[:, None, :], float("-inf"))
+    expected = mean_bias.topk(k, dim=-1).values
+    chosen = mean_bias.gather(-1, sel.idx).sort(-1, descending=True).values
+    real = ~pad
+    torch.testing.assert_close(chosen[real], expected[real], rtol=0, atol=1e-5)
+
+
+def test_pair_prior_needs_the_exhaustive_selection():
+    """The pair prior reads an N x N bias: with a two-stage selection (long inputs) it is a one-line error."""
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=2, indexer_prior="pair", trim=False,
+                   indexer_block_size=4, indexer_blocks=2).eval()
+    x, v, mask = _jets(n=2, length=40)
+    with torch.no_grad(), pytest.raises(ValueError, match="indexer_prior='pair' needs the exhaustive selection"):
+        model(x, v, mask)
+
+
+def test_pair_prior_coefficients_train_by_distillation():
+    """One training step: the pair prior's coefficients get a finite, non-zero gradient from the aux loss."""
+    model = _model(dsa_enabled=True, dsa_mode="indexer", sparsity_ratio=0.3, indexer_prior="pair").train()
+    x, v, mask = _jets(n=4, length=16)
+    loss = AuxLoss().bind(model)(model(x, v, mask), torch.arange(4))
+    loss.backward()
+    grads = [p.grad for name, p in model.named_parameters() if "pair_proj" in name]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)

@@ -17,9 +17,11 @@ def _recall(jet_files, permute=False, **options):
                           weights=None, options={**SMALL, **options}, events=6, permute=permute)
 
 
-@pytest.mark.parametrize("permute", [False, True], ids=["input_order", "permuted"])
-def test_keeping_every_key_recalls_everything(jet_files, permute):
-    result = _recall(jet_files, permute=permute, sparsity_ratio=1.0)
+@pytest.mark.parametrize(("permute", "prior"), [(False, "none"), (True, "none"), (False, "pair")],
+                         ids=["input_order", "permuted", "pair_prior"])
+def test_keeping_every_key_recalls_everything(jet_files, permute, prior):
+    """With the pair prior the dense attention is measured with the dense pair bias the model built."""
+    result = _recall(jet_files, permute=permute, sparsity_ratio=1.0, indexer_prior=prior)
     assert result["permuted"] is permute
     assert set(result["layers"]) == {"layer0", "layer1"}
     for values in result["layers"].values():

@@ -37,6 +37,7 @@ from .config import config_with
 from .context import ForwardContext, ValueResidual
 from .dropout import Dropout
 from .dsa.attention import selected_pair_bias
+from .dsa.indexer import LightningIndexer
 from .dsa.schedule import kept_fraction
 from .dsa.statistics import AuxChannel, merge_layer_records, summarize_records
 from .latent import LatentCrossAttention, LatentSelfAttention
@@ -114,6 +115,9 @@ class ParticleTransformer(nn.Module):
                                        round_to_32=cfg.inference.compile_model)
         if blocks.weight_init is not None:
             named_apply(init_weights_vit_moco if blocks.weight_init == "moco" else init_weights_vit_timm, self)
+            for module in self.modules():  # the DSA indexer's priors start where their docs say, not at random
+                if isinstance(module, LightningIndexer):
+                    module.init_priors()
         if blocks.fix_init:
             for layer_id, block in enumerate(self.blocks, start=1):
                 block.attn.out_proj.weight.data.div_(math.sqrt(2.0 * layer_id))
@@ -198,10 +202,11 @@ class ParticleTransformer(nn.Module):
                               value_residual=ValueResidual() if self.cfg.refine.value_residual else None)
 
     def _uses_selected_pairs(self) -> bool:
-        """Indexer kind on every block: pairs are embedded per selected (i, j), no dense pair bias is built."""
+        """Indexer kind on every block: pairs are embedded per selected (i, j), no dense pair bias is built (unless
+        the indexer's pair prior reads it)."""
         cfg = self.cfg
         return cfg.attn.kind == "dsa_indexer" and len(cfg.sparse_layers) == cfg.blocks.num_layers \
-            and self.pair_embed is not None
+            and self.pair_embed is not None and cfg.sparsity.indexer_prior != "pair"
 
     # ---- forward --------------------------------------------------------------------------------------------------
 
@@ -258,10 +263,11 @@ class ParticleTransformer(nn.Module):
         if self.pos_encoding is not None:
             self._need_vectors(v, "pos_encoding")
             x = x + self.pos_encoding(v, mask).to(x.dtype)
-        if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None:
+        if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None \
+                and self.cfg.sparsity.indexer_prior != "pair":
             pair_embed = self.pair_embed
             ctx.pair_fn = lambda idx, valid, start: selected_pair_bias(pair_embed, v, mask, idx, valid, start)
-        if self.cfg.attn.kind == "dsa_indexer" and self.cfg.sparsity.indexer_prior != "none" and v is not None:
+        if self.cfg.attn.kind == "dsa_indexer" and self.cfg.sparsity.indexer_prior == "angle" and v is not None:
             ctx.directions = F.normalize(v[:, :3].transpose(1, 2).float(), dim=-1)  # momenta or hit positions
         if self.cfg.head.global_token:  # ParT v3.6: first in the sequence, never masked, zero pair bias
             x = torch.cat((self.cls_token.expand(x.size(0), -1, -1).to(x.dtype), x), dim=1)

@@ -14,7 +14,7 @@ import uproot
 from profiling.loading import import_network_config, load_data_config
 from tests.conftest import JETCLASS_CONFIGS, REPO_ROOT
 from tests.helpers import run_weaver, weaver_batch
-from weaver_ext.checkpoint import load_checkpoint
+from weaver_ext.checkpoint import load_checkpoint, read_state_dict
 
 NETWORK = REPO_ROOT / "networks" / "dsa_part.py"
 DATA_CONFIG = JETCLASS_CONFIGS / "JetClass_kin.yaml"
@@ -150,3 +150,26 @@ def test_export_onnx_topk_matches_pytorch(jet_files, tmp_path):
         # a prediction may change only where the top two scores are closer than twice that jet's difference
         top2 = np.sort(expected, axis=1)[:, -2:]
         assert ((got.argmax(1) == expected.argmax(1)) | (top2[:, 1] - top2[:, 0] <= 2 * diff)).all()
+
+
+@pytest.mark.slow
+def test_pair_prior_trains_and_predicts_through_weaver(jet_files, tmp_path):
+    """indexer_prior='pair' through the real CLI: distillation moves the pair coefficients, prediction is finite."""
+    opts = {**TINY_OPTS, "dsa_enabled": "True", "dsa_mode": "'indexer'", "sparsity_ratio": "0.25",
+            "indexer_prior": "'pair'"}
+    common = ["--data-config", DATA_CONFIG, "--network-config", NETWORK, *_opts(opts), "--gpus", "",
+              "--num-workers", "0", "--fetch-step", "1"]
+    run_weaver(["--data-train", *jet_files, *common, "--model-prefix", tmp_path / "net", "--num-epochs", "1",
+                "--steps-per-epoch", "3", "--batch-size", "16", "--start-lr", "1e-2", "--optimizer", "adamw",
+                "--log-file", tmp_path / "train.log"], cwd=tmp_path)
+    state = read_state_dict(tmp_path / "net_epoch-0_state.pt")
+    coefficients = [v for k, v in state.items() if k.endswith("pair_proj.bias")]
+    assert len(coefficients) == 2  # one per particle block
+    assert all(not torch.allclose(c, torch.full_like(c, 0.5)) for c in coefficients)  # moved from 1/H (H = 2)
+    out = tmp_path / "pred.root"
+    run_weaver(["--predict", "--data-test", *jet_files, *common, "--model-prefix", tmp_path / "net_epoch-0_state.pt",
+                "--batch-size", "64", "--predict-output", out], cwd=tmp_path)
+    events = uproot.open(out)["Events"].arrays(library="np")
+    scores = np.stack([events[k] for k in events if k.startswith("score_")], axis=1)
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)

@@ -125,15 +125,18 @@ class TopkCore(_SparseCore):
 class IndexerCore(_SparseCore):
     """Lightning-indexer selection; attention and pair features on the selected pairs only (kind ``dsa_indexer``).
 
-    The dense pair bias is never used: ParT's pair features come from ``ctx.pair_fn`` for the selected pairs.
+    ParT's pair features come from ``ctx.pair_fn`` for the selected pairs only; with the pair prior
+    (``indexer_prior='pair'``, short inputs) the dense pair bias is built anyway, and both the indexer and the
+    attention read it.
     """
 
     def __init__(self, embed_dim: int, *, maps: nn.Module, backend: str, dropout: float, layer: int,
                  indexer_heads: int, indexer_dim: int, block_size: int = 64, blocks: int | None = None,
-                 prior: bool = False) -> None:
+                 prior: bool = False, pair_heads: int = 0) -> None:
         super().__init__(maps=maps, backend=backend, dropout=dropout, layer=layer)
         self.block_size, self.blocks = block_size, blocks
-        self.indexer = LightningIndexer(embed_dim, heads=indexer_heads, dim=indexer_dim, prior=prior)
+        self.indexer = LightningIndexer(embed_dim, heads=indexer_heads, dim=indexer_dim, prior=prior,
+                                        pair_heads=pair_heads)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, bias: Tensor | None, key_padding_mask: Tensor | None,
                 x: Tensor, ctx: ForwardContext) -> Tensor:
@@ -142,8 +145,10 @@ class IndexerCore(_SparseCore):
         pad = key_padding_mask
         kb, n_real, real_query = self.kept_keys(k, pad, ctx)
         kmax = int(kb.max())
+        # with the pair prior the model built ParT's dense pair bias: the indexer sees it, attention gathers from it
+        dense_pairs = bias if self.indexer.pair_proj is not None else None
         sel = select_keys(self.indexer, x, pad, kmax, block_size=self.block_size, blocks=self.blocks,
-                          collect=ctx.collect, directions=ctx.directions)
+                          collect=ctx.collect, directions=ctx.directions, pair_bias=dense_pairs)
         rank = torch.arange(kmax, device=q.device).view(1, 1, -1)
         # the jet's own k keys, all real; the first is always kept (finite outputs even for an empty jet)
         valid = (rank < kb.view(-1, 1, 1)) & (sel.found | (rank == 0))  # (B, L, K)
@@ -156,7 +161,10 @@ class IndexerCore(_SparseCore):
         for start in range(0, length, chunk):
             rows = slice(start, start + chunk)
             idx, valid_rows = sel.idx[:, rows], valid[:, rows]
-            pair = None if ctx.pair_fn is None else ctx.pair_fn(idx, valid_rows, start)
+            if dense_pairs is not None:
+                pair = dense_pairs[:, :, rows].gather(-1, idx.unsqueeze(1).expand(-1, heads, -1, -1))
+            else:
+                pair = None if ctx.pair_fn is None else ctx.pair_fn(idx, valid_rows, start)
             v_sel = gather_heads(v, idx)
 
             def attend(q_part: Tensor, k_part: Tensor, first: bool, idx: Tensor = idx, v_sel: Tensor = v_sel,
@@ -270,7 +278,8 @@ def build_indexer(spec: LayerSpec) -> IndexerCore:
     s = spec.cfg.sparsity
     return IndexerCore(spec.embed_dim, maps=_maps(spec), backend=spec.backend, dropout=spec.dropout,
                        layer=spec.layer, indexer_heads=s.indexer_heads, indexer_dim=s.indexer_dim,
-                       block_size=s.indexer_block_size, blocks=s.indexer_blocks, prior=s.indexer_prior == "angle")
+                       block_size=s.indexer_block_size, blocks=s.indexer_blocks, prior=s.indexer_prior == "angle",
+                       pair_heads=spec.num_heads if s.indexer_prior == "pair" else 0)
 
 
 def validate_dsa(cfg: Any) -> None:

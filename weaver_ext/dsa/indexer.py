@@ -11,6 +11,11 @@ Optional angular prior (``indexer_prior='angle'``): score(i, j) += beta(i) u(i).
 the particle's momentum (jets) or of the hit PMT (tracks) and beta(i) = softplus(linear(x_i)) > 0, starting at
 ``PRIOR_INIT``. A fresh indexer then selects each query's angular neighbours (ParT's pair features make those the
 keys dense attention weights most) instead of random keys, and distillation learns how much the prior counts.
+
+Optional pair prior (``indexer_prior='pair'``, short inputs such as jets): score(i, j) += sum_h c_h(i) U_h(i, j),
+with U ParT's dense pair bias (detached) and c(i) = linear(x_i), starting at the mean over heads. The indexer then
+sees the pair features (ln kT, ln z, ln dR, ln m^2) that shape dense attention. U is N x N, so this prior needs the
+exhaustive selection.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "gather_keys",
     "indexer_scores",
     "key_blocks",
+    "pair_prior_scores",
     "select_keys",
 ]
 
@@ -52,7 +58,7 @@ def break_ties(scores: Tensor, key_index: Tensor) -> Tensor:
 class LightningIndexer(nn.Module):
     """Cheap key scorer: score(i, j) = sum_h w_h(i) * ReLU(q_h(i) . k(j)) with few, low-dimensional heads."""
 
-    def __init__(self, embed_dim: int, *, heads: int, dim: int, prior: bool = False) -> None:
+    def __init__(self, embed_dim: int, *, heads: int, dim: int, prior: bool = False, pair_heads: int = 0) -> None:
         super().__init__()
         self.heads, self.dim = heads, dim
         self.q_proj = nn.Linear(embed_dim, heads * dim)
@@ -62,9 +68,27 @@ class LightningIndexer(nn.Module):
             nn.init.trunc_normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
         self.prior_proj = nn.Linear(embed_dim, 1) if prior else None  # beta(i) of the angular prior
+        self.pair_proj = nn.Linear(embed_dim, pair_heads) if pair_heads else None  # c(i) of the pair prior
+        self.init_priors()
+
+    def init_priors(self) -> None:
+        """The priors' starting point: beta = ``PRIOR_INIT`` and c = the mean over heads, for every token. A model's
+        ``weight_init`` re-initialises every Linear, so the model calls this again after it (ParticleTransformer)."""
         if self.prior_proj is not None:
             nn.init.zeros_(self.prior_proj.weight)
             nn.init.constant_(self.prior_proj.bias, math.log(math.expm1(PRIOR_INIT)))
+        if self.pair_proj is not None:
+            nn.init.zeros_(self.pair_proj.weight)
+            nn.init.constant_(self.pair_proj.bias, 1.0 / self.pair_proj.out_features)
+
+    def pair_terms(self, x: Tensor, pair_bias: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The pair prior's (c(i) (B, L, H), U detached (B, H, L, L)); None without one."""
+        if self.pair_proj is None:
+            return None
+        if pair_bias is None or pair_bias.shape[0] != x.shape[0] or pair_bias.shape[1] != self.pair_proj.out_features \
+                or pair_bias.shape[-2:] != (x.size(1), x.size(1)):
+            raise ValueError("DSA option indexer_prior='pair' needs ParT's pair features (pf_vectors), one per token")
+        return self.pair_proj(x), pair_bias.detach().to(x.dtype)
 
     def prior_terms(self, x: Tensor, directions: Tensor | None) -> tuple[Tensor, Tensor] | None:
         """The angular prior as a low-rank score term (beta(i) u(i), u(j)), both (B, L, 3); None without one."""
@@ -84,13 +108,22 @@ class LightningIndexer(nn.Module):
         return q, self.k_proj(x), w
 
 
+def pair_prior_scores(coeff: Tensor, pair_bias: Tensor, idx: Tensor | None = None) -> Tensor:
+    """sum_h c_h(i) U_h(i, j) for a query chunk: coeff (B, c, H), U (B, H, c, N) -> (B, c, N); with ``idx``
+    (B, c, K) only at the keys idx -> (B, c, K)."""
+    if idx is not None:
+        pair_bias = pair_bias.gather(-1, idx.unsqueeze(1).expand(-1, pair_bias.size(1), -1, -1))
+    return torch.einsum("bch,bhck->bck", coeff, pair_bias)
+
+
 def indexer_scores(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None,
-                   prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                   prior: tuple[Tensor, Tensor] | None = None, pair: Tensor | None = None) -> Tensor:
     """Indexer scores of a query chunk against all keys: (B, c, N), -inf on padded keys.
 
     q (B, h, c, d) is flattened to one (h*c, d) x (d, N) matmul per jet (no per-head copy of k); without autograd
     the ReLU, head weights and padding mask are applied in place (this is the only O(N^2) work of indexer mode).
-    ``prior``: the angular prior's (query chunk (B, c, r), keys (B, N, r)), added as one more matmul.
+    ``prior``: the angular prior's (query chunk (B, c, r), keys (B, N, r)), added as one more matmul; ``pair``:
+    the pair prior's scores of the chunk (B, c, N) (``pair_prior_scores``).
     """
     batch, heads, chunk, dim = q.shape
     s = torch.bmm(q.reshape(batch, heads * chunk, dim), k.transpose(1, 2)).view(batch, heads, chunk, -1)
@@ -98,17 +131,21 @@ def indexer_scores(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None,
         s = (F.relu(s) * w).sum(1)
         if prior is not None:
             s = s + torch.bmm(prior[0], prior[1].transpose(1, 2))
+        if pair is not None:
+            s = s + pair
     else:
         s = s.relu_().mul_(w)
         s = s[:, 0] if heads == 1 else s.sum(1)
         if prior is not None:  # (autocast may give the matmul another dtype than s)
             s = s.add_(torch.bmm(prior[0], prior[1].transpose(1, 2)).to(s.dtype))
+        if pair is not None:
+            s = s.add_(pair.to(s.dtype))
     return s if pad is None else s.masked_fill_(pad[:, None, :], float("-inf"))
 
 
 def _indexer_lse(q: Tensor, k: Tensor, w: Tensor, pad: Tensor | None, pq: Tensor | None,
-                 pk: Tensor | None) -> Tensor:
-    return torch.logsumexp(indexer_scores(q, k, w, pad, None if pq is None else (pq, pk)), dim=-1)
+                 pk: Tensor | None, pair: Tensor | None = None) -> Tensor:
+    return torch.logsumexp(indexer_scores(q, k, w, pad, None if pq is None else (pq, pk), pair), dim=-1)
 
 
 def key_blocks(k: Tensor, pad: Tensor | None, block: int) -> tuple[Tensor, Tensor]:
@@ -203,13 +240,15 @@ class Selection:
     """The keys each query attends to: idx (B, L, K), found (B, L, K) (False where fewer than K real keys were
     available), the indexer projections (q, k, w) and, when collected, the log-sum-exp of the indexer scores over
     the keys scored (all keys, or the candidate blocks' keys in two-stage mode) for the mass-kept statistic;
-    ``prior``: the angular prior's (beta(i) u(i), u(j)) when the indexer has one."""
+    ``prior``: the angular prior's (beta(i) u(i), u(j)) and ``pair`` the pair prior's (c(i), U) when the indexer
+    has one."""
 
     idx: Tensor
     found: Tensor
     projections: tuple[Tensor, Tensor, Tensor]
     lse: Tensor | None
     prior: tuple[Tensor, Tensor] | None = None
+    pair: tuple[Tensor, Tensor] | None = None
 
     def scores_of(self, idx: Tensor) -> Tensor:
         """Indexer scores (with autograd) of the keys idx (B, L, K) of every query: (B, L, K)."""
@@ -218,6 +257,8 @@ class Selection:
         if self.prior is not None:
             pq, pk = self.prior
             scores = scores + torch.einsum("blr,blkr->blk", pq, gather_keys(pk, idx))
+        if self.pair is not None:
+            scores = scores + pair_prior_scores(*self.pair, idx)
         return scores
 
 
@@ -229,18 +270,24 @@ def blocks_per_query(kmax: int, *, block_size: int, blocks: int | None) -> int:
 
 
 def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: int, *, block_size: int = 64,
-                blocks: int | None = None, collect: bool = False, directions: Tensor | None = None) -> Selection:
+                blocks: int | None = None, collect: bool = False, directions: Tensor | None = None,
+                pair_bias: Tensor | None = None) -> Selection:
     """The indexer's top-``kmax`` keys per query of x (B, L, E) (the block's normed input), chunked over queries.
 
     ``x`` is detached: the indexer trains only through its own losses (as in DeepSeek-V3.2). ``directions``
-    (B, L, 3): unit vectors for the angular prior (required when the indexer has one).
+    (B, L, 3): unit vectors for the angular prior; ``pair_bias`` (B, H, L, L): ParT's dense pair bias for the pair
+    prior (each required when the indexer has that prior).
     """
     iq, ik, iw = indexer.project(x.detach())
     prior = indexer.prior_terms(x.detach(), directions)
+    pair = indexer.pair_terms(x.detach(), pair_bias)
     batch, heads, length, dim = iq.shape
     pad_or_none = pad if pad is not None and bool(pad.any()) else None
     nblocks = blocks_per_query(kmax, block_size=block_size, blocks=blocks)
     two_stage = nblocks * block_size < length
+    if two_stage and pair is not None:
+        raise ValueError(f"DSA option indexer_prior='pair' needs the exhaustive selection: {length} keys is more "
+                         f"than indexer_blocks x indexer_block_size = {nblocks * block_size}")
     if two_stage:
         rows, missing = key_blocks(ik, pad_or_none, block_size)  # (B, nb, block * d), (B, nb, block)
         bounds = block_key_bounds(rows, missing)
@@ -260,22 +307,26 @@ def select_keys(indexer: LightningIndexer, x: Tensor, pad: Tensor | None, kmax: 
                                                 chunk_prior)
         else:
             chunk_prior = None if pq is None else (pq, prior[1])
-            idx, found, lse = _select_exhaustive(q, ik, w, pad, pad_or_none, kmax, collect, chunk_prior)
+            chunk_pair = None if pair is None else \
+                pair_prior_scores(pair[0][:, start:start + chunk], pair[1][:, :, start:start + chunk])
+            idx, found, lse = _select_exhaustive(q, ik, w, pad, pad_or_none, kmax, collect, chunk_prior, chunk_pair)
         idx_parts.append(idx)
         found_parts.append(found)
         lse_parts.append(lse)
     lse = torch.cat(lse_parts, dim=1) if collect else None
-    return Selection(torch.cat(idx_parts, dim=1), torch.cat(found_parts, dim=1), (iq, ik, iw), lse, prior)
+    return Selection(torch.cat(idx_parts, dim=1), torch.cat(found_parts, dim=1), (iq, ik, iw), lse, prior, pair)
 
 
 def _select_exhaustive(q: Tensor, ik: Tensor, w: Tensor, pad: Tensor | None, pad_or_none: Tensor | None, kmax: int,
-                       collect: bool, prior: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One query chunk scored against every key (``prior``: the chunk's prior queries and all prior keys)."""
+                       collect: bool, prior: tuple[Tensor, Tensor] | None,
+                       pair: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One query chunk scored against every key (``prior``: the chunk's prior queries and all prior keys; ``pair``:
+    the chunk's pair-prior scores (B, c, N))."""
     with torch.no_grad():
-        scores = indexer_scores(q, ik, w, pad_or_none, prior)
+        scores = indexer_scores(q, ik, w, pad_or_none, prior, None if pair is None else pair.detach())
         top = break_ties(scores, torch.arange(scores.size(-1), device=scores.device)).topk(kmax, dim=-1)
     pq, pk = (None, None) if prior is None else prior
-    lse = checkpoint(_indexer_lse, q, ik, w, pad, pq, pk, use_reentrant=False) if collect else None
+    lse = checkpoint(_indexer_lse, q, ik, w, pad, pq, pk, pair, use_reentrant=False) if collect else None
     return top.indices, torch.isfinite(top.values), lse
 
 

@@ -29,7 +29,9 @@ class SparsityConfig:
     indexer_dim: int = 16
     indexer_block_size: int = 64  # keys per block of the two-stage selection (contiguous in input order)
     indexer_blocks: int | None = None  # blocks kept per query (None: max(8, ceil(4 k / block size)))
-    indexer_prior: Literal["none", "angle"] = "none"  # 'angle': + beta(i) u(i).u(j), neighbours first (indexer.py)
+    # 'angle': + beta(i) u(i).u(j), neighbours first; 'pair': + sum_h c_h(i) U_h(i, j), ParT's dense pair bias
+    # (short inputs only: the selection is then exhaustive; indexer.py)
+    indexer_prior: Literal["none", "angle", "pair"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("sparsity_ratio", "target_sparsity"):
