@@ -92,9 +92,9 @@ def _bmm_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, drop
     ``mask + scale q k^T`` in one ``baddbmm``, the softmax accumulated and returned in fp32 (then cast to the values'
     dtype), the weighted sum in one ``bmm``.
 
-    ``safe``: some query has every key masked (an empty jet). Then the softmax of torch's SDPA math kernel is used:
-    zero weights for such a query instead of NaN, while NaN or inf scores from bad inputs still give NaN. It costs
-    twice a softmax, so it runs only when needed."""
+    ``safe``: some query may have every key masked (an empty jet). Such a query then gets zero weights instead of NaN
+    (as the softmax of torch's SDPA math kernel), while NaN or inf scores from bad inputs still give NaN. It costs a
+    pass over the scores, so it runs only when needed."""
     batch, heads, len_q, dim = q.shape
     len_k = k.size(2)
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
@@ -104,8 +104,10 @@ def _bmm_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, drop
     else:
         scores = torch.baddbmm(mask.expand(batch, heads, len_q, len_k).reshape(batch * heads, len_q, len_k), q3, k3,
                                alpha=scale)
-    softmax = torch._safe_softmax if safe else torch.softmax
-    weights = dropout(softmax(scores, -1, dtype=torch.float32).to(v.dtype), dropout_p)
+    weights = torch.softmax(scores, -1, dtype=torch.float32)
+    if safe:  # rows with every key at -inf: zeros (torch._safe_softmax, spelt out so that dynamo traces it)
+        weights = weights.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
+    weights = dropout(weights.to(v.dtype), dropout_p)
     return torch.bmm(weights, v.reshape(batch * heads, len_k, -1)).view(batch, heads, len_q, -1)
 
 
@@ -121,8 +123,10 @@ def bmm_attention(
 ) -> Tensor:
     """Explicit batched matmuls (``_bmm_attention``): on CPU at ParT's sizes (head dim 16, under 128 particles) this
     runs 2-3x faster than torch's fused SDPA kernel, and in bf16 its fp32 softmax avoids torch's slow bf16 softmax
-    (docs/benchmarks.md). Jets without particles get zero attention output, as with ``sdpa``."""
-    empty = key_padding_mask is not None and bool(key_padding_mask.all(-1).any())
+    (docs/benchmarks.md). Jets without particles get zero attention output, as with ``sdpa``. Under
+    ``torch.compile`` a padding mask always takes the safe softmax: checking for empty jets would break the graph."""
+    empty = key_padding_mask is not None and (torch.compiler.is_compiling()
+                                              or bool(key_padding_mask.all(-1).any()))
     return _bmm_attention(q, k, v, merge_bias_and_mask(bias, key_padding_mask, q.dtype), dropout_p=dropout_p,
                           scale=scale, safe=empty)
 

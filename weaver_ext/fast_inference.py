@@ -233,8 +233,9 @@ class FastParT(nn.Module):
         """Everything after the pair embedding: blocks, pooling, head (what ``compile`` compiles)."""
         model = self.model
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            encoded = model.encode_trimmed(x, v, mask, bias, ctx=self._context(x.device))
-            pooled = model.pool(encoded.tokens, encoded.padding_mask)
+            ctx = self._context(x.device)
+            encoded = model.encode_trimmed(x, v, mask, bias, ctx=ctx)
+            pooled = model.pool(encoded.tokens, encoded.padding_mask, backend=ctx.backend)
             return model.fc(pooled) if model.fc is not None else pooled
 
     @torch.inference_mode()

@@ -335,16 +335,19 @@ class ParticleTransformer(nn.Module):
         loss, terms = summarize_records(records, self.cfg.sparsity.loss_weights)
         self.aux_channel.publish(loss, terms, records)
 
-    def pool(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        """Class-attention pooling, the global token, or a masked mean when there are no class blocks; then the norm."""
+    def pool(self, x: Tensor, padding_mask: Tensor, *, backend: str | None = None) -> Tensor:
+        """Class-attention pooling, the global token, or a masked mean when there are no class blocks; then the norm.
+
+        ``backend``: the class blocks' attention by this backend instead of their own (the fast inference path)."""
         if self.cfg.head.global_token:
             pooled = x[:, 0]
         elif self.latent_head is not None:
             pooled = self.latent_head(x, padding_mask).mean(dim=1)
         elif self.cls_blocks is not None:
             token = self.cls_token.expand(x.size(0), -1, -1)
+            ctx = None if backend is None else ForwardContext(backend=backend)
             for block in self.cls_blocks:
-                token = block(x, x_cls=token, padding_mask=padding_mask)
+                token = block(x, x_cls=token, padding_mask=padding_mask, ctx=ctx)
             pooled = token.squeeze(1)
         else:
             keep = (~padding_mask).unsqueeze(-1).to(x.dtype)
