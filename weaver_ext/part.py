@@ -336,9 +336,7 @@ class ParticleTransformer(nn.Module):
         self.aux_channel.publish(loss, terms, records)
 
     def pool(self, x: Tensor, padding_mask: Tensor, *, backend: str | None = None) -> Tensor:
-        """Class-attention pooling, the global token, or a masked mean when there are no class blocks; then the norm.
-
-        ``backend``: the class blocks' attention by this backend instead of their own (the fast inference path)."""
+        """Class attention (by ``backend`` if given, else the blocks' own), the global token or a masked mean; norm."""
         if self.cfg.head.global_token:
             pooled = x[:, 0]
         elif self.latent_head is not None:
