@@ -48,7 +48,8 @@ def jetclass2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return JC2 / "JetClassII_example.parquet", config
 
 
-@pytest.mark.parametrize("name", list(NETWORKS))
+# dsa_part's head is ParT's: its 188-class run (35 s) repeats part's, so it runs with the slow tests only
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "dsa_part" else n for n in NETWORKS])
 def test_trains_and_predicts_188_jetclass2_classes(jetclass2, tmp_path, name):
     data, config = jetclass2
     network, extra = NETWORKS[name]
