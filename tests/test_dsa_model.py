@@ -324,25 +324,31 @@ def test_two_stage_and_chunked_inference_agree_with_one_chunk(prior, monkeypatch
     torch.testing.assert_close(chunked, one_chunk, rtol=0, atol=1e-6)
 
 
-def test_angular_prior_alone_selects_the_angular_neighbours():
-    """With the ReLU heads silenced, the prior's selection is each particle's k closest momenta in angle (the
-    query itself first), ties by index: what a fresh indexer with ``indexer_prior='angle'`` starts from."""
-    k = 5
-    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, indexer_prior="angle", trim=False).eval()
+def _prior_only_selection(prior: str, k: int, x: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+    """A fresh indexer with its ReLU heads silenced (q = 0), so only ``prior`` scores: the first sparse layer's
+    inputs (seen: x, ctx, bias) and the keys ``select_keys`` picks from them."""
+    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, indexer_prior=prior, trim=False).eval()
     for module in model.modules():
         if isinstance(module, dsa.LightningIndexer):
             torch.nn.init.zeros_(module.q_proj.weight)
             torch.nn.init.zeros_(module.q_proj.bias)
-    x, v, mask = _jets(n=3, length=20)
     core = next(m for m in model.modules() if isinstance(m, dsa.IndexerCore))
     seen = {}
-    core.register_forward_pre_hook(lambda _m, args, kwargs: seen.update(x=kwargs["x"], ctx=kwargs["ctx"]),
-                                   with_kwargs=True)
+    core.register_forward_pre_hook(lambda _m, args, kwargs: seen.update(kwargs), with_kwargs=True)
     with torch.no_grad():
         model(x, v, mask)
-        ctx = seen["ctx"]
-        pad = ~mask[:, 0].bool()
-        sel = dsa.select_keys(core.indexer, seen["x"], pad, k, directions=ctx.directions)
+        sel = dsa.select_keys(core.indexer, seen["x"], ~mask[:, 0].bool(), k, directions=seen["ctx"].directions,
+                              pair_bias=seen["bias"] if prior == "pair" else None)
+    return seen, sel
+
+
+def test_angular_prior_alone_selects_the_angular_neighbours():
+    """With the ReLU heads silenced, the prior's selection is each particle's k closest momenta in angle (the
+    query itself first), ties by index: what a fresh indexer with ``indexer_prior='angle'`` starts from."""
+    k = 5
+    x, v, mask = _jets(n=3, length=20)
+    seen, sel = _prior_only_selection("angle", k, x, v, mask)
+    pad = ~mask[:, 0].bool()
     u = torch.nn.functional.normalize(v[:, :3].transpose(1, 2), dim=-1)
     cosines = (u @ u.transpose(1, 2)).masked_fill(pad[:, None, :], float("-inf"))
     expected = cosines.topk(k, dim=-1).values
@@ -366,20 +372,9 @@ def test_pair_prior_alone_selects_the_keys_of_the_largest_mean_pair_bias():
     """With the ReLU heads silenced, a fresh pair prior selects each query's k keys of largest head-mean ParT pair
     bias (the pair bias dense attention adds); its coefficients then train by distillation."""
     k = 5
-    model = _model(dsa_enabled=True, dsa_mode="indexer", topk=k, indexer_prior="pair", trim=False).eval()
-    for module in model.modules():
-        if isinstance(module, dsa.LightningIndexer):
-            torch.nn.init.zeros_(module.q_proj.weight)
-            torch.nn.init.zeros_(module.q_proj.bias)
     x, v, mask = _jets(n=3, length=20)
-    core = next(m for m in model.modules() if isinstance(m, dsa.IndexerCore))
-    seen = {}
-    core.register_forward_pre_hook(lambda _m, args, kwargs: seen.update(x=kwargs["x"], bias=kwargs["bias"]),
-                                   with_kwargs=True)
-    with torch.no_grad():
-        model(x, v, mask)
-        pad = ~mask[:, 0].bool()
-        sel = dsa.select_keys(core.indexer, seen["x"], pad, k, pair_bias=seen["bias"])
+    seen, sel = _prior_only_selection("pair", k, x, v, mask)
+    pad = ~mask[:, 0].bool()
     assert seen["bias"].shape == (3, TINY["num_heads"], 20, 20)  # the dense bias of ParT, as dense attention gets
     mean_bias = seen["bias"].mean(1).masked_fill(pad[:, None, :], float("-inf"))
     expected = mean_bias.topk(k, dim=-1).values
