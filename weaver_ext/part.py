@@ -263,8 +263,7 @@ class ParticleTransformer(nn.Module):
         if self.pos_encoding is not None:
             self._need_vectors(v, "pos_encoding")
             x = x + self.pos_encoding(v, mask).to(x.dtype)
-        if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None \
-                and self.cfg.sparsity.indexer_prior != "pair":
+        if self.cfg.attn.kind == "dsa_indexer" and v is not None and self.pair_embed is not None:
             pair_embed = self.pair_embed
             ctx.pair_fn = lambda idx, valid, start: selected_pair_bias(pair_embed, v, mask, idx, valid, start)
         if self.cfg.attn.kind == "dsa_indexer" and self.cfg.sparsity.indexer_prior == "angle" and v is not None:

@@ -27,7 +27,7 @@ from ..context import ForwardContext
 from ..dropout import dropout
 from ..maps import make_maps
 from . import indexer as indexer_module
-from .indexer import LightningIndexer, Selection, blocks_per_query, gather_keys, select_keys
+from .indexer import LightningIndexer, Selection, blocks_per_query, gather_keys, gather_pair_bias, select_keys
 from .schedule import keys_per_query
 from .statistics import entropy, layer_record, masked_mean
 
@@ -162,7 +162,7 @@ class IndexerCore(_SparseCore):
             rows = slice(start, start + chunk)
             idx, valid_rows = sel.idx[:, rows], valid[:, rows]
             if dense_pairs is not None:
-                pair = dense_pairs[:, :, rows].gather(-1, idx.unsqueeze(1).expand(-1, heads, -1, -1))
+                pair = gather_pair_bias(dense_pairs[:, :, rows], idx)
             else:
                 pair = None if ctx.pair_fn is None else ctx.pair_fn(idx, valid_rows, start)
             v_sel = gather_heads(v, idx)

@@ -35,6 +35,7 @@ __all__ = [
     "block_key_bounds",
     "block_score_bound",
     "gather_keys",
+    "gather_pair_bias",
     "indexer_scores",
     "key_blocks",
     "pair_prior_scores",
@@ -108,11 +109,16 @@ class LightningIndexer(nn.Module):
         return q, self.k_proj(x), w
 
 
+def gather_pair_bias(pair_bias: Tensor, idx: Tensor) -> Tensor:
+    """A dense pair bias (B, H, c, N) of a query chunk at each query's keys idx (B, c, K): (B, H, c, K)."""
+    return pair_bias.gather(-1, idx.unsqueeze(1).expand(-1, pair_bias.size(1), -1, -1))
+
+
 def pair_prior_scores(coeff: Tensor, pair_bias: Tensor, idx: Tensor | None = None) -> Tensor:
     """sum_h c_h(i) U_h(i, j) for a query chunk: coeff (B, c, H), U (B, H, c, N) -> (B, c, N); with ``idx``
     (B, c, K) only at the keys idx -> (B, c, K)."""
     if idx is not None:
-        pair_bias = pair_bias.gather(-1, idx.unsqueeze(1).expand(-1, pair_bias.size(1), -1, -1))
+        pair_bias = gather_pair_bias(pair_bias, idx)
     return torch.einsum("bch,bhck->bck", coeff, pair_bias)
 
 
