@@ -195,3 +195,75 @@ def test_compiled_shapes_are_equal_groups_and_rounded_lengths(model_and_batch):
     assert all(lengths[g].max() <= lengths[h].min() for g, h in zip(groups[:-1], groups[1:], strict=True))  # sorted
     assert [group_length(n, 128, CompiledShapes()) for n in (1, 8, 9, 123, 128)] == [8, 8, 16, 128, 128]
     assert group_length(9, 128) == 9  # eager engines: the longest jet
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_packed_layout_matches_standard_forward(model_and_batch, dtype):
+    """The packed layout (one token matrix per chunk, attention per group) eagerly: fp32 within 1e-5 of the
+    standard forward, bf16 within the bf16 tolerance. Small chunks and groups, so several of each run."""
+    from weaver_ext.packed import PackedShapes
+
+    model, b = model_and_batch
+    args = (b["pf_features"], b["pf_vectors"], b["pf_mask"])
+    engine = FastParT(model, FastInferenceConfig(layout="packed", dtype=dtype))
+    engine.packed_shapes = PackedShapes(chunk_jets=40, group_jets=8, row_multiple=128, pair_chunk_rows=1000)
+    with torch.inference_mode():
+        got, expected = engine(*args), model(*args)
+    assert engine.packed
+    assert (got - expected).abs().max().item() <= (SOFTMAX_TOL if dtype == "fp32" else 0.05)
+
+
+def test_packed_layout_keeps_jets_without_particles_finite(model_and_batch):
+    """A jet without particles is left unmasked (as in the grouped path), so its outputs are finite and equal."""
+    model, b = model_and_batch
+    x, v, m = b["pf_features"][:12].clone(), b["pf_vectors"][:12].clone(), b["pf_mask"][:12].clone()
+    m[3] = 0
+    with torch.inference_mode():
+        packed = FastParT(model, FastInferenceConfig(layout="packed"))(x, v, m)
+        grouped = FastParT(model, FastInferenceConfig(layout="groups"))(x, v, m)
+    assert torch.isfinite(packed).all()
+    assert (packed - grouped).abs().max().item() <= SOFTMAX_TOL
+
+
+def test_pack_batch_lays_groups_out_as_rows(model_and_batch):
+    """Rows: each group jets x its own longest length, zero rows up to the multiple; the bias has -inf exactly on
+    padded keys; every real pair lands at its (i, j) and (j, i) places."""
+    from weaver_ext.packed import pack_batch
+
+    _, b = model_and_batch
+    x, v, m = b["pf_features"][:30], b["pf_vectors"][:30], b["pf_mask"][:30]
+    lengths = m.sum(dim=(1, 2)).long()
+    batch = pack_batch(x, v, m, bucket_size=8, heads=2, row_multiple=64)
+    rows = int(sum(jets * length for _, jets, length, _, _ in batch.groups.tolist()))
+    assert batch.features.shape[-1] == -(-rows // 64) * 64 and not batch.mask[0, 0, rows:].any()
+    assert int(batch.mask.sum()) == int(lengths.sum())
+    assert torch.equal(batch.order.sort().values, torch.arange(30))
+    for _, jets, length, offset, first_jet in batch.groups.tolist():
+        group_lengths = lengths[batch.order[first_jet:first_jet + jets]]
+        assert length == int(group_lengths.max())
+        bias = batch.pair_bias[offset:offset + jets * 2 * length * length].view(jets, 2, length, length)
+        padded_key = torch.arange(length)[None, :] >= group_lengths[:, None]  # (jets, length)
+        assert torch.equal(torch.isneginf(bias), padded_key[:, None, None, :].expand_as(bias))
+    assert batch.pair_index.shape == (2, len(batch.pairs.b), 2)
+    assert len(torch.unique(batch.pair_index[0])) == batch.pair_index[0].numel()  # one place per pair and head
+
+
+def test_compiled_packed_engine_equals_the_standard_forward(model_and_batch):
+    """The compiled fp32 engine runs the packed layout by default: within 1e-5 of the standard forward."""
+    _, b = model_and_batch
+    model = _small_part(seed=6)
+    args = (b["pf_features"][:40], b["pf_vectors"][:40], b["pf_mask"][:40])
+    with torch.inference_mode():
+        engine = FastParT(model, FastInferenceConfig(compile=True))
+        assert engine.packed
+        assert (engine(*args) - model(*args)).abs().max().item() <= SOFTMAX_TOL
+
+
+def test_packed_layout_refuses_models_it_cannot_run():
+    torch.manual_seed(0)
+    model = ParticleTransformer(part_config(input_dim=17, num_classes=10, num_layers=1, num_cls_layers=1,
+                                            embed_dims=(32, 32), pair_embed_dims=(16, 16), num_heads=4,
+                                            num_registers=2)).eval()
+    with pytest.raises(ValueError, match="layout='packed'"):
+        FastParT(model, FastInferenceConfig(layout="packed"))
+    assert not FastParT(model, FastInferenceConfig(compile=False)).packed

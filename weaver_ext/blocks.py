@@ -91,7 +91,8 @@ class Block(nn.Module):
             token_mask = torch.zeros_like(padding_mask[:, :1]).expand(-1, x_cls.size(1))
             padding_mask = torch.cat((token_mask, padding_mask), dim=1)
         u = self.pre_attn_norm(torch.cat((x_cls, x), dim=1))
-        return self.attn(x_cls, u, key_padding_mask=padding_mask, ctx=ctx)
+        # ParT gives class attention no pair bias (None); the packed layout passes its groups (backends.ClassGroups)
+        return self.attn(x_cls, u, bias=bias, key_padding_mask=padding_mask, ctx=ctx)
 
     def _mlp(self, x: Tensor) -> Tensor:
         x = self.pre_fc_norm(x)

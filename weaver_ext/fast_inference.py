@@ -18,6 +18,9 @@ Three tricks, each optional and tested for equivalence against the standard forw
    kernel per matrix shape and keeps 1024 of them, so a compiled engine runs few shapes (``CompiledShapes``):
    groups of equal jet counts, lengths rounded up to a multiple of 8 and pair rows to a multiple of 4096. With a
    new shape in every group, kernel creation made the compiled path 1.6x slower (docs/benchmarks.md).
+6. The packed layout (``packed.py``, compiled fp32 by default): chunks of 64 jets as one token matrix with groups at
+   their exact lengths, attention per group by the ``grouped`` backend. Fewer padded rows (4% against 23%) and one
+   graph call per chunk: 4% faster than the groups above in fp32, 8% slower in bf16 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch import nn
 from .backends import get_backend
 from .bucketed import length_buckets, pack_real_first, real_pair_features, real_pairs
 from .context import ForwardContext
+from .packed import PackedShapes, add_pair_terms, pack_batch, packed_outputs, packed_supported
 
 __all__ = ["CompiledShapes", "FastInferenceConfig", "FastParT", "FoldedLinear", "FoldedPairEmbed", "can_fold",
            "compile_frozen", "engine_for", "fast_inference_forward", "group_indices", "group_length", "length_buckets",
@@ -49,6 +53,7 @@ class CompiledShapes:
 
     length_multiple: int = 8  # group length rounded up (padded slots are masked, as any padding)
     pair_row_multiple: int = 4096  # rows of the pair MLP rounded up with dummy pairs, dropped after it
+    token_row_multiple: int = 256  # packed layout: rows of the token matrix rounded up with zero rows
     equal_groups: bool = True  # groups of exactly bucket_size jets (by multiplicity) instead of fewest-padding ones
 
 
@@ -61,6 +66,7 @@ class FastInferenceConfig:
     dtype: Literal["fp32", "bf16"] = "fp32"
     attention_backend: str | None = None  # None: 'bmm' on CPU, the model's own backends on CUDA
     compile: bool = False  # torch.compile with frozen weights: only where the weights no longer change
+    layout: Literal["auto", "groups", "packed"] = "auto"  # auto: packed when compiled in fp32 and supported
 
 
 class FoldedPairEmbed(nn.Module):
@@ -95,13 +101,18 @@ class FoldedPairEmbed(nn.Module):
             flat_ij, flat_ji = torch.cat((flat_ij, spare)), torch.cat((flat_ji, spare))
         return self.embed(fts, flat_ij, flat_ji, batch, length)
 
+    def mlp(self, fts: Tensor) -> Tensor:
+        """The folded MLP on pair features (P, F) -> (P, H)."""
+        h = fts.to(self.layers[0].weight.dtype)  # kinematics in fp32, then the model dtype
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
     def embed(self, fts: Tensor, flat_ij: Tensor, flat_ji: Tensor, batch: int, length: int) -> Tensor:
         """The MLP on the pair features (P, F) and the symmetric scatter to ordered pairs (flat indices into
         batch * length * length; index batch * length * length is a spare row for dummy pairs). Free of
         data-dependent shapes, so it compiles."""
-        h = fts.to(self.layers[0].weight.dtype)  # (P, F): kinematics in fp32, then the model dtype
-        for layer in self.layers:
-            h = layer(h)  # (P, H) at the end
+        h = self.mlp(fts)
         flat = h.new_zeros(batch * length * length + 1, h.size(1))  # one row per ordered pair, plus the spare
         flat[flat_ij] = h
         flat[flat_ji] = h
@@ -190,14 +201,32 @@ class FastParT(nn.Module):
         self.folded = FoldedPairEmbed(pair_embed, row_multiple=rows) if foldable else None
         if self.cfg.attention_backend is not None:
             get_backend(self.cfg.attention_backend)
-        self._tail = self._tail_eager
+        self.packed = self._use_packed(model)
+        self.packed_shapes = PackedShapes()
+        self._tail, self._packed_tail = self._tail_eager, self._packed_tail_eager
+        self._pair_mlp = self.folded.mlp if self.folded is not None else None
         if self.cfg.compile:
             # compiled code of this model's earlier weights must go: in-place updates keep the module's identity,
             # which is all dynamo's guards check (compile_frozen). Other engines recompile on their next call.
             torch.compiler.reset()
-            self._tail = compile_frozen(self._tail_eager)
-            if self.folded is not None:
-                self.folded.embed = compile_frozen(self.folded.embed)
+            if self.packed:
+                self._packed_tail = compile_frozen(self._packed_tail_eager)
+                self._pair_mlp = compile_frozen(self.folded.mlp) if self.folded is not None else None
+            else:
+                self._tail = compile_frozen(self._tail_eager)
+                if self.folded is not None:
+                    self.folded.embed = compile_frozen(self.folded.embed)
+
+    def _use_packed(self, model: nn.Module) -> bool:
+        """The packed layout: asked for, or by default when compiled in fp32; where the model allows it."""
+        layout = self.cfg.layout
+        supported = packed_supported(model) and (self.folded is not None or model.pair_embed is None)
+        if layout == "packed" and not supported:
+            raise ValueError("FastInferenceConfig(layout='packed') needs dense attention, class-attention pooling "
+                             "and a foldable pair embedding (no registers, latents or positional encodings)")
+        # auto: compiled fp32 only; compiled bf16 ran 8% slower packed than grouped (docs/benchmarks.md, session 10)
+        auto = self.cfg.compile and self.cfg.dtype == "fp32"
+        return supported and (layout == "packed" or (layout == "auto" and auto))
 
     def _context(self, device: torch.device) -> ForwardContext:
         """This forward's context: the attention backend (``bmm`` on CPU by default) and the padding merged into the
@@ -238,15 +267,38 @@ class FastParT(nn.Module):
             pooled = model.pool(encoded.tokens, encoded.padding_mask, backend=ctx.backend)
             return model.fc(pooled) if model.fc is not None else pooled
 
+    def _packed_tail_eager(self, features: Tensor, mask: Tensor, pair_bias: Tensor, key_bias: Tensor, groups: Tensor,
+                           order: Tensor) -> Tensor:
+        """The packed layout's blocks, pooling and head (what ``compile`` compiles there)."""
+        with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return packed_outputs(self.model, features, mask, pair_bias, key_bias, groups, order)
+
+    def _packed_chunk(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """The head's outputs for a chunk of jets through the packed layout (packed.py)."""
+        shapes = self.packed_shapes
+        remove_self_pair = self.folded.remove_self_pair if self.folded is not None else False
+        batch = pack_batch(x, v, mask, bucket_size=shapes.group_jets, heads=self.model.blocks[0].num_heads,
+                           row_multiple=shapes.row_multiple, remove_self_pair=remove_self_pair)
+        if self.folded is not None:
+            add_pair_terms(batch, self.folded.pair_features, self._pair_mlp, chunk_rows=shapes.pair_chunk_rows)
+        bf16 = self.autocast or self.dtype != torch.float32  # attention runs in bf16: cast once, not in every block
+        out = self._packed_tail(batch.features.to(self.dtype), batch.mask, batch.pair_bias.to(
+            torch.bfloat16 if bf16 else torch.float32), batch.key_bias, batch.groups, batch.order).float()
+        return out[torch.argsort(batch.order)]
+
     @torch.inference_mode()
     def forward(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """Same inputs and outputs as ``ParticleTransformer.forward`` in eval mode (softmax when for_inference)."""
         x, v, mask = pack_real_first(x, v, mask)
         lengths = mask.sum(dim=(1, 2))
+        if self.packed:  # chunks of jets by multiplicity, each one token matrix
+            parts, run = lengths.argsort(stable=True).split(self.packed_shapes.chunk_jets), self._packed_chunk
+        else:  # groups, each run as its own batch
+            parts, run = group_indices(lengths, self.cfg.bucket_size, self.shapes), self._group
         outputs: Tensor | None = None
-        for idx in group_indices(lengths, self.cfg.bucket_size, self.shapes):
+        for idx in parts:
             keep = group_length(int(lengths[idx].max().clamp(min=1)), x.size(-1), self.shapes)
-            out = self._group(x[idx, :, :keep], v[idx, :, :keep], mask[idx, :, :keep]).float()
+            out = run(x[idx, :, :keep], v[idx, :, :keep], mask[idx, :, :keep]).float()
             if outputs is None:
                 outputs = out.new_empty((x.size(0), *out.shape[1:]))
             outputs[idx] = out
@@ -273,15 +325,15 @@ def compile_frozen(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """``torch.compile`` of an inference function with dynamic shapes and inductor's ``freezing``: the weights become
     constants, so linear layers run prepacked oneDNN kernels with fused activations.
 
-    Frozen weights must never serve other weights. Dynamo's default guards accept any module whose parameters have
-    the same shapes; without ``inline_inbuilt_nn_modules`` they match modules by identity, so two models never share
-    compiled code. The same module with new weights still would: ``FastParT`` resets dynamo when it builds a compiled
-    engine. Both settings are read whenever dynamo (re)compiles, so every call runs under them."""
+    Frozen weights must never serve other weights, and dynamo's guards do not see in-place weight updates (torch
+    2.13 always inlines nn modules; the ``inline_inbuilt_nn_modules`` switch is a no-op there). So ``FastParT``
+    resets dynamo whenever it builds a compiled engine: every engine then compiles its own weights, and
+    ``engine_for`` builds a new engine when a weight changed. ``freezing`` is read whenever inductor compiles, so
+    every call runs under it."""
     compiled = torch.compile(fn, dynamic=True)
 
     def run(*args: Tensor | None | int) -> Tensor:
-        with torch._inductor.config.patch(freezing=True), \
-                torch._dynamo.config.patch(inline_inbuilt_nn_modules=False):
+        with torch._inductor.config.patch(freezing=True):
             return compiled(*args)
 
     return run
