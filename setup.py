@@ -30,7 +30,7 @@ setup(
     description="Attention-model plugin and profiling harness for weaver-core",
     python_requires=">=3.10",
     packages=find_packages(include=["weaver_ext*", "data*", "profiling*", "evaluation*", "networks*"]),
-    package_data={"data": ["JetClass/*.yaml", "Tracks/*.yaml"]},
+    package_data={"data": ["JetClass/*.yaml", "Tracks/*.yaml"], "weaver_ext": ["csrc/*.cpp"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": ["pytest>=8", "ruff>=0.5"]},
     entry_points={

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from weaver_ext.attention import set_attention_backend
-from weaver_ext.backends import BACKENDS, capability_table, check_backend, get_backend, math_attention
+from weaver_ext.backends import BACKENDS, capability_table, check_backend, get_backend
 from weaver_ext.part import ParticleTransformer
 from weaver_ext.part_config import part_config
 
@@ -201,29 +201,3 @@ def test_docs_show_the_current_capability_table():
     from tests.conftest import REPO_ROOT
 
     assert capability_table() in (REPO_ROOT / "docs" / "variants.md").read_text()
-
-
-def test_grouped_backend_runs_only_with_the_packed_layouts_groups():
-    q = torch.randn(1, 2, 6, 4)
-    with pytest.raises(ValueError, match="packed fast inference path"):
-        get_backend("grouped").core(q, q, q, bias=torch.zeros(1, 2, 6, 6))
-
-
-def test_grouped_backend_equals_math_per_group():
-    """Two groups (2 jets x 3 rows, 1 jet x 2 rows) and 2 shape-padding rows: each jet's attention equals ``math``
-    on that jet alone; the padding rows stay zero."""
-    from weaver_ext.backends import PairGroups
-
-    gen = torch.Generator().manual_seed(0)
-    heads, dim = 2, 4
-    q, k, v = (torch.randn(1, heads, 10, dim, generator=gen) for _ in range(3))
-    biases = [torch.randn(2, heads, 3, 3, generator=gen), torch.randn(1, heads, 2, 2, generator=gen)]
-    biases[0][1, :, :, 2] = float("-inf")  # the second jet of the first group has 2 particles
-    groups = torch.tensor([[0, 2, 3, 0, 0], [6, 1, 2, biases[0].numel(), 2]])
-    out = get_backend("grouped").core(q, k, v, bias=PairGroups(torch.cat([b.flatten() for b in biases]), groups))
-    assert out.shape == q.shape
-    spans = [(0, 3, biases[0][:1]), (3, 6, biases[0][1:]), (6, 8, biases[1])]
-    for start, stop, bias in spans:
-        expected = math_attention(q[:, :, start:stop], k[:, :, start:stop], v[:, :, start:stop], bias=bias)
-        assert torch.allclose(out[:, :, start:stop], expected, atol=1e-6)
-    assert torch.equal(out[:, :, 8:], torch.zeros(1, heads, 2, dim))

@@ -197,12 +197,21 @@ def test_compiled_shapes_are_equal_groups_and_rounded_lengths(model_and_batch):
     assert group_length(9, 128) == 9  # eager engines: the longest jet
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_packed_layout_matches_standard_forward(model_and_batch, dtype):
-    """The packed layout (one token matrix per chunk, attention per group) eagerly: fp32 within 1e-5 of the
-    standard forward, bf16 within the bf16 tolerance. Small chunks and groups, so several of each run."""
+@pytest.mark.parametrize("dtype,kernel", [("fp32", True), ("fp32", False), ("bf16", False)],
+                         ids=["fp32-kernel", "fp32-bmm", "bf16-bmm"])
+def test_packed_layout_matches_standard_forward(model_and_batch, dtype, kernel, monkeypatch):
+    """The packed layout (one token matrix per chunk, attention per jet) eagerly: fp32 within 1e-5 of the standard
+    forward through the fused C++ kernel and through the batched-matmul fallback (the kernel switched off), bf16
+    within the bf16 tolerance. Small chunks, groups and pair chunks, so several of each run."""
+    import weaver_ext.grouped as grouped
+    from weaver_ext.native import grouped_attention_library
     from weaver_ext.packed import PackedShapes
 
+    if kernel and grouped_attention_library() is None:
+        pytest.skip("no C++ compiler: the fused kernel is not built here")
+    if not kernel:
+        monkeypatch.setattr(grouped, "fused_grouped_attention", lambda *args, **kwargs: None)
+        monkeypatch.setattr(grouped, "fused_class_attention", lambda *args, **kwargs: None)
     model, b = model_and_batch
     args = (b["pf_features"], b["pf_vectors"], b["pf_mask"])
     engine = FastParT(model, FastInferenceConfig(layout="packed", dtype=dtype))
@@ -226,26 +235,24 @@ def test_packed_layout_keeps_jets_without_particles_finite(model_and_batch):
 
 
 def test_pack_batch_lays_groups_out_as_rows(model_and_batch):
-    """Rows: each group jets x its own longest length, zero rows up to the multiple; the bias has -inf exactly on
-    padded keys; every real pair lands at its (i, j) and (j, i) places."""
+    """Rows: each group jets x its own longest length, zero rows up to the multiple; each jet's first pair row points
+    at its own block of ``real_pairs``."""
     from weaver_ext.packed import pack_batch
 
     _, b = model_and_batch
     x, v, m = b["pf_features"][:30], b["pf_vectors"][:30], b["pf_mask"][:30]
     lengths = m.sum(dim=(1, 2)).long()
-    batch = pack_batch(x, v, m, bucket_size=8, heads=2, row_multiple=64)
-    rows = int(sum(jets * length for _, jets, length, _, _ in batch.groups.tolist()))
+    batch = pack_batch(x, v, m, bucket_size=8, row_multiple=64)
+    rows = int(sum(jets * length for _, jets, length, _ in batch.groups.tolist()))
     assert batch.features.shape[-1] == -(-rows // 64) * 64 and not batch.mask[0, 0, rows:].any()
     assert int(batch.mask.sum()) == int(lengths.sum())
     assert torch.equal(batch.order.sort().values, torch.arange(30))
-    for _, jets, length, offset, first_jet in batch.groups.tolist():
-        group_lengths = lengths[batch.order[first_jet:first_jet + jets]]
-        assert length == int(group_lengths.max())
-        bias = batch.pair_bias[offset:offset + jets * 2 * length * length].view(jets, 2, length, length)
-        padded_key = torch.arange(length)[None, :] >= group_lengths[:, None]  # (jets, length)
-        assert torch.equal(torch.isneginf(bias), padded_key[:, None, None, :].expand_as(bias))
-    assert batch.pair_index.shape == (2, len(batch.pairs.b), 2)
-    assert len(torch.unique(batch.pair_index[0])) == batch.pair_index[0].numel()  # one place per pair and head
+    assert torch.equal(batch.jets[:, 1], lengths[batch.order])
+    for _, jets, length, first_jet in batch.groups.tolist():
+        assert length == int(lengths[batch.order[first_jet:first_jet + jets]].max())
+    for jet, (pair_row, particles) in zip(batch.order.tolist(), batch.jets.tolist(), strict=True):
+        count = particles * (particles + 1) // 2
+        assert torch.equal(batch.pairs.b[pair_row:pair_row + count], torch.full((count,), jet))
 
 
 def test_compiled_packed_engine_equals_the_standard_forward(model_and_batch):

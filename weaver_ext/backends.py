@@ -20,8 +20,6 @@ from .dropout import dropout
 __all__ = [
     "BACKENDS",
     "BackendInfo",
-    "ClassGroups",
-    "PairGroups",
     "bmm_attention",
     "capability_table",
     "check_backend",
@@ -225,92 +223,22 @@ def flash_attention_core(
     return out.view(batch, len_q, heads, dim).transpose(1, 2).to(out_dtype)
 
 
-@dataclass(frozen=True)
-class PairGroups:
-    """The particle blocks' ``bias`` in the packed layout (``packed.py``): all jets of a batch are one token
-    sequence, and each group of jets is a run of rows (jets x length).
-
-    ``flat``: every group's (jets, H, length, length) pair bias, padded keys at -inf, concatenated and flattened;
-    ``groups``: int64 (G, 5) rows of (first row, jets, length, first bias element, first jet)."""
-
-    flat: Tensor
-    groups: Tensor
-
-
-@dataclass(frozen=True)
-class ClassGroups:
-    """The class-attention blocks' ``bias`` in the packed layout: ``key_bias`` (T,) is 0 on real rows and -inf on
-    padded ones; ``groups`` as in ``PairGroups``. The queries are one class token per jet, in group order."""
-
-    key_bias: Tensor
-    groups: Tensor
-
-
-@torch.library.custom_op("weaverlab::grouped_self_attention", mutates_args=())
-def _grouped_self_attention(q: Tensor, k: Tensor, v: Tensor, flat_bias: Tensor, groups: Tensor) -> Tensor:
-    """q, k, v (1, H, T, D) over the packed rows -> (T, H, D): ``_bmm_attention`` per group, at the group's own
-    length. Rows outside every group (shape padding) get zeros. An opaque op, so ``torch.compile`` keeps the loop
-    over groups out of its graph."""
-    _, heads, rows, dim = q.shape
-    out = q.new_zeros(rows, heads, dim)
-    for first, jets, length, offset, _ in groups.tolist():
-        span = slice(first, first + jets * length)
-        qg, kg, vg = (t[0, :, span].unflatten(1, (jets, length)).transpose(0, 1) for t in (q, k, v))
-        bias = flat_bias[offset:offset + jets * heads * length * length].view(jets, heads, length, length)
-        o = _bmm_attention(qg, kg, vg, bias.to(q.dtype), dropout_p=0.0, scale=None)
-        out[span].view(jets, length, heads, dim).copy_(o.transpose(1, 2))
-    return out
-
-
-@_grouped_self_attention.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, flat_bias: Tensor, groups: Tensor) -> Tensor:
-    return q.new_empty(q.size(2), q.size(1), q.size(3))
-
-
-@torch.library.custom_op("weaverlab::grouped_class_attention", mutates_args=())
-def _grouped_class_attention(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, groups: Tensor) -> Tensor:
-    """q (1, H, B, D): one class token per jet; k, v (1, H, B + T, D): the B class tokens, then the T packed rows.
-    Each jet's token attends to itself and its jet's rows -> (B, H, D)."""
-    _, heads, num_jets, dim = q.shape
-    out = q.new_empty(num_jets, heads, dim)
-    for first, jets, length, _, first_jet in groups.tolist():
-        own = slice(first_jet, first_jet + jets)
-        span = slice(num_jets + first, num_jets + first + jets * length)
-        kg, vg = (torch.cat((t[0, :, own, None], t[0, :, span].unflatten(1, (jets, length))), dim=2).transpose(0, 1)
-                  for t in (k, v))  # (jets, H, 1 + length, D): the class token first
-        mask = F.pad(key_bias[first:first + jets * length].view(jets, 1, 1, length), (1, 0))
-        o = _bmm_attention(q[0, :, own, None].transpose(0, 1), kg, vg, mask.to(q.dtype), dropout_p=0.0, scale=None)
-        out[own] = o[:, :, 0]
-    return out
-
-
-@_grouped_class_attention.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, groups: Tensor) -> Tensor:
-    return q.new_empty(q.size(2), q.size(1), q.size(3))
-
-
 def grouped_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     *,
-    bias: PairGroups | ClassGroups | None = None,
+    bias: object = None,
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> Tensor:
-    """Attention per group of jets in the packed layout (``packed.py``): the whole batch is one (1, H, T, D)
-    sequence and ``bias`` says where each group's jets are. The padding is in the bias, so ``key_padding_mask`` is
-    not read. Runs only in the packed fast inference path."""
-    if dropout_p > 0 or scale is not None:
-        raise ValueError("attention backend 'grouped' is inference-only (no dropout, default scale)")
-    if isinstance(bias, PairGroups):
-        out = torch.ops.weaverlab.grouped_self_attention(q, k, v, bias.flat, bias.groups)
-    elif isinstance(bias, ClassGroups):
-        out = torch.ops.weaverlab.grouped_class_attention(q, k, v, bias.key_bias, bias.groups)
-    else:
-        raise ValueError("attention backend 'grouped' runs only in the packed fast inference path (FastParT)")
-    return out.unsqueeze(0).transpose(1, 2)
+    """Attention per group of jets in the packed layout: the whole batch is one (1, H, T, D) sequence, and ``bias``
+    (``grouped.PairGroups`` or ``grouped.ClassGroups``) says where each jet is. Only the packed fast inference path
+    builds such a bias (``grouped.py``, ``packed.py``)."""
+    from .grouped import grouped_attention as attend  # imports this module (its bmm loop is the fallback)
+
+    return attend(q, k, v, bias=bias, key_padding_mask=key_padding_mask, dropout_p=dropout_p, scale=scale)
 
 
 BACKENDS: dict[str, BackendInfo] = {
@@ -328,8 +256,8 @@ BACKENDS: dict[str, BackendInfo] = {
                          note="flash varlen_attn (real keys packed per jet); no pair bias, no dropout; "
                          "runs in bf16/fp16"),
     "grouped": BackendInfo(grouped_attention, bias=True, padding_mask=True, training=False, cpu=True, cuda=True,
-                           note="bmm per group of jets in one packed token sequence; the packed fast inference "
-                           "path only"),
+                           note="per jet of the packed token sequence: a fused C++ kernel in fp32 on CPU, bmm per "
+                           "group otherwise; the packed fast inference path only"),
 }
 
 

@@ -18,9 +18,10 @@ Three tricks, each optional and tested for equivalence against the standard forw
    kernel per matrix shape and keeps 1024 of them, so a compiled engine runs few shapes (``CompiledShapes``):
    groups of equal jet counts, lengths rounded up to a multiple of 8 and pair rows to a multiple of 4096. With a
    new shape in every group, kernel creation made the compiled path 1.6x slower (docs/benchmarks.md).
-6. The packed layout (``packed.py``, compiled fp32 by default): chunks of 64 jets as one token matrix with groups at
-   their exact lengths, attention per group by the ``grouped`` backend. Fewer padded rows (4% against 23%) and one
-   graph call per chunk: 4% faster than the groups above in fp32, 8% slower in bf16 (docs/benchmarks.md).
+6. The packed layout (``packed.py``; compiled fp32 engines by default): chunks of 128 jets, each one token matrix of
+   groups at their exact lengths, so the token-wise layers run on few padded rows; attention runs per jet by the
+   ``grouped`` backend (``grouped.py``), a fused C++ kernel (``native.py``) that never builds the (jets, H, L, L)
+   bias. 1.3x the groups above in fp32, at 53-55% of this CPU's fp32 peak (docs/benchmarks.md, session 10).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from torch import nn
 from .backends import get_backend
 from .bucketed import length_buckets, pack_real_first, real_pair_features, real_pairs
 from .context import ForwardContext
-from .packed import PackedShapes, add_pair_terms, pack_batch, packed_outputs, packed_supported
+from .native import grouped_attention_library
+from .packed import BMM_SHAPES, PackedShapes, pack_batch, packed_outputs, packed_supported, pair_terms
 
 __all__ = ["CompiledShapes", "FastInferenceConfig", "FastParT", "FoldedLinear", "FoldedPairEmbed", "can_fold",
            "compile_frozen", "engine_for", "fast_inference_forward", "group_indices", "group_length", "length_buckets",
@@ -201,8 +203,11 @@ class FastParT(nn.Module):
         self.folded = FoldedPairEmbed(pair_embed, row_multiple=rows) if foldable else None
         if self.cfg.attention_backend is not None:
             get_backend(self.cfg.attention_backend)
-        self.packed = self._use_packed(model)
-        self.packed_shapes = PackedShapes()
+        wants_packed = self.cfg.layout == "packed" or (self.cfg.layout == "auto" and self.cfg.compile)
+        fused = (wants_packed and self.dtype == torch.float32 and not self.autocast
+                 and grouped_attention_library() is not None)  # builds the kernel once per machine (native.py)
+        self.packed = self._use_packed(model, fused=fused)
+        self.packed_shapes = PackedShapes() if fused else BMM_SHAPES
         self._tail, self._packed_tail = self._tail_eager, self._packed_tail_eager
         self._pair_mlp = self.folded.mlp if self.folded is not None else None
         if self.cfg.compile:
@@ -217,15 +222,16 @@ class FastParT(nn.Module):
                 if self.folded is not None:
                     self.folded.embed = compile_frozen(self.folded.embed)
 
-    def _use_packed(self, model: nn.Module) -> bool:
-        """The packed layout: asked for, or by default when compiled in fp32; where the model allows it."""
+    def _use_packed(self, model: nn.Module, *, fused: bool) -> bool:
+        """The packed layout: asked for, or by default when compiled in fp32 with the fused attention kernel
+        (``fused``); where the model allows it."""
         layout = self.cfg.layout
         supported = packed_supported(model) and (self.folded is not None or model.pair_embed is None)
         if layout == "packed" and not supported:
             raise ValueError("FastInferenceConfig(layout='packed') needs dense attention, class-attention pooling "
                              "and a foldable pair embedding (no registers, latents or positional encodings)")
-        # auto: compiled fp32 only; compiled bf16 ran 8% slower packed than grouped (docs/benchmarks.md, session 10)
-        auto = self.cfg.compile and self.cfg.dtype == "fp32"
+        # auto: compiled fp32 with the kernel; without it (bmm per group) bf16 ran slower packed than grouped
+        auto = self.cfg.compile and fused
         return supported and (layout == "packed" or (layout == "auto" and auto))
 
     def _context(self, device: torch.device) -> ForwardContext:
@@ -267,23 +273,23 @@ class FastParT(nn.Module):
             pooled = model.pool(encoded.tokens, encoded.padding_mask, backend=ctx.backend)
             return model.fc(pooled) if model.fc is not None else pooled
 
-    def _packed_tail_eager(self, features: Tensor, mask: Tensor, pair_bias: Tensor, key_bias: Tensor, groups: Tensor,
-                           order: Tensor) -> Tensor:
+    def _packed_tail_eager(self, features: Tensor, mask: Tensor, pair_terms: Tensor, jets: Tensor,
+                           groups: Tensor) -> Tensor:
         """The packed layout's blocks, pooling and head (what ``compile`` compiles there)."""
+        self_pairs = self.folded is None or not self.folded.remove_self_pair
         with torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return packed_outputs(self.model, features, mask, pair_bias, key_bias, groups, order)
+            return packed_outputs(self.model, features, mask, pair_terms, jets, groups, self_pairs=self_pairs)
 
     def _packed_chunk(self, x: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """The head's outputs for a chunk of jets through the packed layout (packed.py)."""
         shapes = self.packed_shapes
         remove_self_pair = self.folded.remove_self_pair if self.folded is not None else False
-        batch = pack_batch(x, v, mask, bucket_size=shapes.group_jets, heads=self.model.blocks[0].num_heads,
-                           row_multiple=shapes.row_multiple, remove_self_pair=remove_self_pair)
-        if self.folded is not None:
-            add_pair_terms(batch, self.folded.pair_features, self._pair_mlp, chunk_rows=shapes.pair_chunk_rows)
-        bf16 = self.autocast or self.dtype != torch.float32  # attention runs in bf16: cast once, not in every block
-        out = self._packed_tail(batch.features.to(self.dtype), batch.mask, batch.pair_bias.to(
-            torch.bfloat16 if bf16 else torch.float32), batch.key_bias, batch.groups, batch.order).float()
+        batch = pack_batch(x, v, mask, bucket_size=shapes.group_jets, row_multiple=shapes.row_multiple,
+                           remove_self_pair=remove_self_pair)
+        heads = self.model.blocks[0].num_heads
+        terms = x.new_zeros(0, heads) if self.folded is None or not len(batch.pairs.b) else \
+            pair_terms(batch, self.folded.pair_features, self._pair_mlp, chunk_rows=shapes.pair_chunk_rows)
+        out = self._packed_tail(batch.features.to(self.dtype), batch.mask, terms, batch.jets, batch.groups).float()
         return out[torch.argsort(batch.order)]
 
     @torch.inference_mode()

@@ -1,14 +1,15 @@
-"""The packed layout of the fast inference path: a batch's jets as one token matrix.
+"""The packed layout of the fast inference path: a chunk of jets as one token matrix.
 
 The grouped layout runs each group of jets as its own (jets, length) batch, so every linear layer runs once per
 group on jets x length rows. Compiled engines must also round those shapes for oneDNN's kernel cache (groups of 32,
-lengths to a multiple of 8): 23% of the rows were padding on real jets. Here the groups of a batch are concatenated
+lengths to a multiple of 8): 23% of the rows were padding on real jets. Here the groups of a chunk are concatenated
 into one sequence of T rows, each group a run of jets x its own longest length (groups chosen for the fewest padded
 slots, ``length_buckets``):
-- everything token-wise (embedding, norms, projections, MLPs, residuals) runs once per batch on all T rows: large
+- everything token-wise (embedding, norms, projections, MLPs, residuals) runs once per chunk on all T rows: large
   matrix products, few padded rows, and one shape per ``row_multiple`` rows for oneDNN;
-- only attention runs per group, by the ``grouped`` backend (``backends.py``). Its "bias" carries the groups
-  and their pair biases, with the padding already at -inf; the model's own blocks run unchanged.
+- only attention runs per jet, by the ``grouped`` backend (``grouped.py``): its "bias" object carries the groups
+  and the pair terms of the real pairs, and the model's own blocks run unchanged. In fp32 a fused C++ kernel
+  (``native.py``) computes it without ever expanding the pair bias to (jets, H, L, L).
 """
 
 from __future__ import annotations
@@ -20,25 +21,30 @@ import torch
 from torch import nn
 
 from .attention import DenseCore
-from .backends import ClassGroups, PairGroups
 from .bucketed import RealPairs, length_buckets, pack_real_first, real_pair_features, real_pairs
+from .grouped import ClassGroups, PairGroups
 
-__all__ = ["PackedBatch", "PackedShapes", "add_pair_terms", "pack_batch", "packed_outputs", "packed_supported",
-           "run_in_chunks"]
+__all__ = ["BMM_SHAPES", "PackedBatch", "PackedShapes", "pack_batch", "packed_outputs", "packed_supported",
+           "pair_terms", "run_in_chunks"]
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
 class PackedShapes:
-    """How the packed layout cuts a batch. Measured on Zen 5 (docs/benchmarks.md): a whole batch of 256 jets as one
-    matrix spills the MLPs' activations out of the caches (the pair MLP of 250k rows ran at 60 GFLOP/s, in chunks of
-    16k rows at 280), so a batch runs as chunks of jets and the pair MLP in chunks of rows."""
+    """How the packed layout cuts a batch. A whole batch of 256 jets as one matrix spills the MLPs' activations out
+    of the caches (the pair MLP on 250k rows ran at 60 GFLOP/s, in chunks of 16k rows at 280: Zen 5, 2 threads), so
+    a batch runs as chunks of jets and the pair MLP in chunks of rows. The defaults are the fastest measured with the
+    fused kernel (docs/benchmarks.md, session 10); ``BMM_SHAPES`` suit the batched-matmul path, whose cost grows
+    with the number of groups."""
 
-    chunk_jets: int = 64  # jets per token matrix (by multiplicity)
-    group_jets: int = 16  # about this many jets per attention group within it (fewest padded slots)
+    chunk_jets: int = 128  # jets per token matrix (by multiplicity)
+    group_jets: int = 4  # about this many jets per group within it (fewest padded slots)
     row_multiple: int = 128  # token rows rounded up with zero rows: few matrix shapes for oneDNN's kernel cache
     pair_chunk_rows: int = 16384  # pair MLP rows per call (the last call padded with zero rows)
+
+
+BMM_SHAPES = PackedShapes(chunk_jets=64, group_jets=16)
 
 
 def run_in_chunks(fn: Callable[[Tensor], Tensor], rows: Tensor, chunk: int) -> Tensor:
@@ -53,76 +59,58 @@ def run_in_chunks(fn: Callable[[Tensor], Tensor], rows: Tensor, chunk: int) -> T
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """One batch in the packed layout (built eagerly: its shapes depend on the data).
+    """One chunk of jets in the packed layout (built eagerly: its shapes depend on the data).
 
     Rows: group after group, each jets x length, real particles first; then zero rows up to the row multiple."""
 
-    order: Tensor  # (B,) the batch's jet indices in row order
+    order: Tensor  # (B,) the chunk's jet indices in row order
     features: Tensor  # (1, F, T) particle features per row (zero on padded rows)
     mask: Tensor  # (1, 1, T) bool: True on real particles
-    groups: Tensor  # int64 (G, 5): first row, jets, length, first bias element, first jet (``PairGroups``)
-    key_bias: Tensor  # (T,) 0 on real rows, -inf on padded ones: the class attention's key mask
-    pair_bias: Tensor  # (S,) every group's (jets, H, length, length) bias, flat: -inf on padded keys (none in jets
-    # without particles, as ``run_blocks``), the pair terms added later (``add_pair_terms``)
-    pairs: RealPairs  # the real pairs i >= j, in the batch's own (packed) jet indices
-    pair_index: Tensor  # (2, P, H) flat positions in ``pair_bias`` of each pair's (i, j) and (j, i) terms
+    groups: Tensor  # int64 (G, 4): first row, jets, length, first jet (``grouped.PairGroups``)
+    jets: Tensor  # int64 (B, 2) in row order: first row of the jet's pair terms, particles
+    pairs: RealPairs  # the real pairs i >= j, in the chunk's own (packed) jet indices
     vectors: Tensor  # (B, 4, L) four-vectors, real particles first (for the pair kinematics)
 
 
-def pack_batch(x: Tensor, v: Tensor, mask: Tensor, *, bucket_size: int, heads: int, row_multiple: int = 1,
+def pack_batch(x: Tensor, v: Tensor, mask: Tensor, *, bucket_size: int, row_multiple: int = 1,
                remove_self_pair: bool = False) -> PackedBatch:
-    """Sort a weaver batch (x (B, F, L), v (B, 4, L), mask (B, 1, L)) into groups and lay them out as rows."""
+    """Sort jets (x (B, F, L), v (B, 4, L), mask (B, 1, L)) into groups and lay them out as rows."""
     x, v, mask = pack_real_first(x, v, mask)
     lengths = mask.sum(dim=(1, 2))
-    buckets = length_buckets(lengths, bucket_size)
+    buckets = length_buckets(lengths, bucket_size)  # ascending lengths: each group's last jet is its longest
+    order = torch.cat(buckets)
     device = x.device
-    num_jets = x.size(0)
-    group_rows, row_jet, row_pos, key_bias, bias_init = [], [], [], [], []
-    jet_base = torch.empty(num_jets, dtype=torch.long, device=device)  # first bias element of each jet
-    jet_length = torch.empty(num_jets, dtype=torch.long, device=device)
-    first = offset = first_jet = 0
-    for idx in buckets:
-        jets, length = len(idx), max(int(lengths[idx].max()), 1)
-        positions = torch.arange(length, device=device)
-        real = positions < lengths[idx, None]  # (jets, length)
-        bias = torch.zeros(jets, length, device=device).masked_fill_(~real, float("-inf"))
-        key_bias.append(bias.flatten())  # class attention: the class token is a key too, so never all masked
-        bias = bias.masked_fill(~real.any(dim=1, keepdim=True), 0.0)  # jets without particles: unmasked (run_blocks)
-        bias_init.append(bias[:, None, None, :].expand(jets, heads, length, length).flatten())
-        group_rows.append((first, jets, length, offset, first_jet))
-        row_jet.append(idx.repeat_interleave(length))
-        row_pos.append(positions.repeat(jets))
-        jet_base[idx] = offset + torch.arange(jets, device=device) * heads * length * length
-        jet_length[idx] = length
-        first, offset, first_jet = first + jets * length, offset + jets * heads * length * length, first_jet + jets
+    sizes = torch.tensor([len(b) for b in buckets], device=device)
+    last = torch.cumsum(sizes, 0) - 1
+    group_length = lengths[order][last].clamp(min=1)
+    slots = group_length.repeat_interleave(sizes)  # (B,) rows per jet, in row order
+    jet_first_row = torch.cumsum(slots, 0) - slots
+    first = int(slots.sum())
     rows = -(-first // row_multiple) * row_multiple
-    row_jet, row_pos = torch.cat(row_jet), torch.cat(row_pos)
+    row_jet = torch.arange(len(order), device=device).repeat_interleave(slots)  # position in ``order``
+    row_pos = torch.arange(first, device=device) - jet_first_row[row_jet]
+    row_jet = order[row_jet]
+    first_jet = last - sizes + 1
+    group_rows = torch.stack((jet_first_row[first_jet], sizes, group_length, first_jet), dim=1)
     features = x.new_zeros(rows, x.size(1))
     features[:first] = x[row_jet, :, row_pos]
     real_rows = torch.zeros(rows, dtype=torch.bool, device=device)
     real_rows[:first] = row_pos < lengths[row_jet]
     pairs = real_pairs(mask, remove_self_pair=remove_self_pair)
-    base, length = jet_base[pairs.b, None], jet_length[pairs.b, None]
-    head_offset = torch.arange(heads, device=device) * length * length  # (P, H)
-    pair_index = torch.stack((base + head_offset + pairs.i[:, None] * length + pairs.j[:, None],
-                              base + head_offset + pairs.j[:, None] * length + pairs.i[:, None]))
-    return PackedBatch(
-        order=torch.cat(buckets), features=features.T.unsqueeze(0).contiguous(), mask=real_rows.view(1, 1, rows),
-        groups=torch.tensor(group_rows, dtype=torch.long), key_bias=torch.cat(
-            (torch.cat(key_bias), x.new_zeros(rows - first))),
-        pair_bias=torch.cat(bias_init), pairs=pairs, pair_index=pair_index, vectors=v)
+    pair_counts = lengths * (lengths - 1) // 2 if remove_self_pair else lengths * (lengths + 1) // 2
+    pair_row = torch.cumsum(pair_counts, 0) - pair_counts  # real_pairs lists them jet by jet
+    return PackedBatch(order=order, features=features.T.unsqueeze(0).contiguous(), mask=real_rows.view(1, 1, rows),
+                       groups=group_rows.long().cpu(),
+                       jets=torch.stack((pair_row[order], lengths[order])).T.contiguous().long(), pairs=pairs,
+                       vectors=v)
 
 
-def add_pair_terms(batch: PackedBatch, pair_features: Callable[[Tensor, Tensor], Tensor],
-                   mlp: Callable[[Tensor], Tensor], *, chunk_rows: int) -> None:
-    """Add the pair embedding of every real pair to ``batch.pair_bias`` in place, symmetrically: the kinematics of
-    weaver's ``PairEmbed`` (``pair_features``) and the (folded, maybe compiled) ``mlp``, in chunks of rows."""
-    if not len(batch.pairs.b):
-        return
+def pair_terms(batch: PackedBatch, pair_features: Callable[[Tensor, Tensor], Tensor],
+               mlp: Callable[[Tensor], Tensor], *, chunk_rows: int) -> Tensor:
+    """The pair embedding of every real pair (P, H): the kinematics of weaver's ``PairEmbed`` (``pair_features``)
+    and the (folded, maybe compiled) ``mlp``, in chunks of rows."""
     fts = real_pair_features(pair_features, batch.vectors, batch.pairs).squeeze(0).T  # (P, F)
-    h = run_in_chunks(mlp, fts, chunk_rows).to(batch.pair_bias.dtype)  # (P, H)
-    batch.pair_bias.index_put_((batch.pair_index[0],), h)
-    batch.pair_bias.index_put_((batch.pair_index[1],), h)
+    return run_in_chunks(mlp, fts, chunk_rows).float()
 
 
 def packed_supported(model: nn.Module) -> bool:
@@ -135,14 +123,15 @@ def packed_supported(model: nn.Module) -> bool:
             and all(isinstance(block.attn.core, DenseCore) for block in (*model.blocks, *model.cls_blocks)))
 
 
-def packed_outputs(model: nn.Module, features: Tensor, mask: Tensor, pair_bias: Tensor, key_bias: Tensor,
-                   groups: Tensor, order: Tensor) -> Tensor:
+def packed_outputs(model: nn.Module, features: Tensor, mask: Tensor, pair_terms: Tensor, jets: Tensor,
+                   groups: Tensor, *, self_pairs: bool) -> Tensor:
     """The model's head outputs (B, classes) in row order (``PackedBatch.order``), before any softmax: its blocks on
-    all rows at once, attention per group (``grouped`` backend). Tensors only, so it compiles with dynamic shapes."""
+    all rows at once, attention per jet (``grouped`` backend). Tensors only, so it compiles with dynamic shapes."""
     ctx = replace(model.new_context(), backend="grouped")
-    tokens = model.encode_trimmed(features, None, mask, PairGroups(pair_bias, groups), ctx=ctx).tokens
-    token = model.cls_token.expand(1, order.size(0), -1).to(tokens.dtype)
-    class_groups = ClassGroups(key_bias, groups)
+    tokens = model.encode_trimmed(features, None, mask, PairGroups(pair_terms, jets, groups, self_pairs),
+                                  ctx=ctx).tokens
+    token = model.cls_token.expand(1, jets.size(0), -1).to(tokens.dtype)
+    class_groups = ClassGroups(jets, groups)
     for block in model.cls_blocks:
         token = block(tokens, x_cls=token, bias=class_groups, ctx=ctx)
     pooled = model.norm(token[0])
