@@ -204,7 +204,8 @@ class FastParT(nn.Module):
         if self.cfg.attention_backend is not None:
             get_backend(self.cfg.attention_backend)
         wants_packed = self.cfg.layout == "packed" or (self.cfg.layout == "auto" and self.cfg.compile)
-        fused = (wants_packed and self.dtype == torch.float32 and not self.autocast
+        on_cpu = next(model.parameters()).device.type == "cpu"  # the kernel is a CPU one
+        fused = (wants_packed and on_cpu and self.dtype == torch.float32 and not self.autocast
                  and grouped_attention_library() is not None)  # builds the kernel once per machine (native.py)
         self.packed = self._use_packed(model, fused=fused)
         self.packed_shapes = PackedShapes() if fused else BMM_SHAPES
