@@ -55,7 +55,6 @@ class CompiledShapes:
 
     length_multiple: int = 8  # group length rounded up (padded slots are masked, as any padding)
     pair_row_multiple: int = 4096  # rows of the pair MLP rounded up with dummy pairs, dropped after it
-    token_row_multiple: int = 256  # packed layout: rows of the token matrix rounded up with zero rows
     equal_groups: bool = True  # groups of exactly bucket_size jets (by multiplicity) instead of fewest-padding ones
 
 
