@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .backends import _bmm_attention
+from .backends import _bmm_attention, merge_bias_and_mask
 from .native import fused_class_attention, fused_grouped_attention
 
 __all__ = ["ClassGroups", "PairGroups", "group_pair_bias", "grouped_attention"]
@@ -106,7 +106,7 @@ def _grouped_class_attention(q: Tensor, k: Tensor, v: Tensor, jets: Tensor, grou
         kg, vg = (torch.cat((t[0, :, own, None], t[0, :, span].unflatten(1, (count, length))), dim=2).transpose(0, 1)
                   for t in (k, v))  # (jets, H, 1 + length, D): the class token first
         padded = torch.arange(length, device=q.device) >= jets[own, 1, None]  # (jets, length)
-        mask = F.pad(q.new_zeros(padded.shape).masked_fill(padded, float("-inf")), (1, 0))[:, None, None]
+        mask = merge_bias_and_mask(None, F.pad(padded, (1, 0), value=False), q.dtype)  # the class key: never padded
         o = _bmm_attention(q[0, :, own, None].transpose(0, 1), kg, vg, mask, dropout_p=0.0, scale=None)
         out[own] = o[:, :, 0]
     return out

@@ -30,7 +30,6 @@ SOURCE = Path(__file__).with_name("csrc") / "grouped_attention.cpp"
 # so the kernel's parallel loop runs on torch's warm OpenMP threads (another pool would fight their spin-waiting)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-std=c++17", "-shared",
          "-fPIC")
-MAX_HEAD_DIM = 64
 
 
 def _cpu_signature() -> str:
@@ -74,6 +73,7 @@ def grouped_attention_library() -> ctypes.CDLL | None:
                                                 i64, ptr, i64, i64, i64, i64, ctypes.c_float, i64]
     lib.weaverlab_grouped_attention.restype = None
     lib.weaverlab_max_length.restype = i64
+    lib.weaverlab_max_head_dim.restype = i64
     lib.weaverlab_class_attention.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, i64, ptr,
                                               i64, i64, ctypes.c_float, i64]
     lib.weaverlab_class_attention.restype = None
@@ -82,13 +82,15 @@ def grouped_attention_library() -> ctypes.CDLL | None:
 
 def _kernel_for(q: Tensor, k: Tensor, v: Tensor, extra: Tensor, longest: int) -> ctypes.CDLL | None:
     """The library where the kernels apply: fp32 CPU tensors with unit-stride head dims, a head dim that is a
-    multiple of 16 up to 64, jets of at most 128 rows, a compiled kernel."""
+    multiple of 16 and jets within the kernel's limits (its ``weaverlab_max_*``), a compiled kernel."""
     dim = q.size(-1)
     if (any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, k, v, extra)) or dim % 16
-            or dim > MAX_HEAD_DIM or any(t.stride(-1) != 1 for t in (q, k, v))):
+            or any(t.stride(-1) != 1 for t in (q, k, v))):
         return None
     lib = grouped_attention_library()
-    return None if lib is None or longest > lib.weaverlab_max_length() else lib
+    if lib is None or dim > lib.weaverlab_max_head_dim() or longest > lib.weaverlab_max_length():
+        return None
+    return lib
 
 
 def _strided(t: Tensor) -> tuple[int, int, int]:
